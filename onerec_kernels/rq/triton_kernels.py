@@ -1,0 +1,135 @@
+"""Fused greedy residual quantization in one Triton kernel.
+
+One program owns BLOCK_N rows for all L levels. Per level it streams the level's codebook in
+BLOCK_K-code tiles; each tile's scores ||c||^2 - 2 r.c come from a tiled tl.dot over D (fp32
+accumulation), and a running (min, argmin) per row is kept in registers across tiles, so the
+(N, K) distance matrix never exists in memory. The chosen code is then subtracted from the
+program's own residual rows in place (no other launch, no other program touches them), and the
+next level reads that residual. Level 0 reads x directly.
+
+Why the residual lives in a global fp32 buffer rather than registers: it is the A operand of
+the tiled GEMM, loaded in BLOCK_D slices, and Triton cannot slice a register tile; the program
+rereads it from L2 (BLOCK_N x D is small) once per code tile, which is what a GEMM does anyway.
+fp32 keeps the residual exact across levels; it is rounded to the input dtype only as the
+tensor-core operand.
+
+FLOPs: 2*N*K*D per level (the norm trick); minimum bytes: read x and the codebooks once, write
+the codes (and the residual if asked). At production sizes (K = 8192, D >= 512) it is compute
+bound (~2*K/ (bytes per row) >> 200 FLOP/B).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import triton_interpret
+
+# Tile configs are data: GPU candidates for autotune (keyed on D, K, L and, implicitly, the
+# dtypes; N is left out so a new batch size never retunes), and one small
+# config for the CPU interpreter (autotune there accepts a single config only).
+_CUDA_CONFIGS = [
+    triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_N": 128, "BLOCK_K": 256, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_N": 256, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=4, num_stages=3),
+]
+_INTERPRET_CONFIGS = [triton.Config({"BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_D": 32})]
+
+
+def _configs():
+    return _INTERPRET_CONFIGS if triton_interpret() else _CUDA_CONFIGS
+
+
+@triton.autotune(configs=_configs(), key=["D", "K", "L"])
+@triton.jit
+def _rq_assign_kernel(
+    x_ptr,  # (N, D) input dtype, row stride stride_xn, unit column stride
+    cb_ptr,  # (L, K, D) input dtype, contiguous
+    cnorm_ptr,  # (L, K) fp32: ||codebooks[l, k]||^2
+    codes_ptr,  # (N, L) int64
+    res_ptr,  # (N, D) fp32 residual scratch / output, contiguous
+    N,
+    D,
+    K,
+    stride_xn,
+    L: tl.constexpr,
+    WRITE_LAST_RESIDUAL: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    rows64 = rows.to(tl.int64)
+    x_rows = x_ptr + rows64[:, None] * stride_xn
+    res_rows = res_ptr + rows64[:, None] * D
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, BLOCK_D)
+    op_dtype = cb_ptr.dtype.element_ty
+
+    for level in tl.static_range(L):
+        cb_level = cb_ptr + level * K * D
+        best_val = tl.full((BLOCK_N,), float("inf"), tl.float32)
+        best_idx = tl.zeros((BLOCK_N,), tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + offs_k
+            k_mask = ks < K
+            acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                ds = d0 + offs_d
+                d_mask = ds < D
+                a_mask = row_mask[:, None] & d_mask[None, :]
+                if level == 0:
+                    a = tl.load(x_rows + ds[None, :], mask=a_mask, other=0.0)
+                else:
+                    a = tl.load(res_rows + ds[None, :], mask=a_mask, other=0.0).to(op_dtype)
+                b = tl.load(cb_level + ks[None, :].to(tl.int64) * D + ds[:, None],
+                            mask=k_mask[None, :] & d_mask[:, None], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            c_norm = tl.load(cnorm_ptr + level * K + ks, mask=k_mask, other=float("inf"))
+            scores = c_norm[None, :] - 2.0 * acc
+            tile_min = tl.min(scores, axis=1)
+            tile_arg = tl.argmin(scores, axis=1, tie_break_left=True)
+            # Strict '<': an earlier tile keeps ties, so the lowest index wins overall.
+            better = tile_min < best_val
+            best_val = tl.where(better, tile_min, best_val)
+            best_idx = tl.where(better, tile_arg + k0, best_idx)
+        tl.store(codes_ptr + rows64 * L + level, best_idx.to(tl.int64), mask=row_mask)
+
+        if (level < L - 1) or WRITE_LAST_RESIDUAL:
+            chosen = cb_level + best_idx.to(tl.int64)[:, None] * D
+            for d0 in range(0, D, BLOCK_D):
+                ds = d0 + offs_d
+                m = row_mask[:, None] & (ds < D)[None, :]
+                if level == 0:
+                    r = tl.load(x_rows + ds[None, :], mask=m, other=0.0).to(tl.float32)
+                else:
+                    r = tl.load(res_rows + ds[None, :], mask=m, other=0.0)
+                c = tl.load(chosen + ds[None, :], mask=m, other=0.0).to(tl.float32)
+                tl.store(res_rows + ds[None, :], r - c, mask=m)
+
+
+def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor,
+                     write_residual: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the fused kernel. x (N, D) with unit column stride, codebooks (L, K, D)
+    contiguous, same dtype; N >= 1 (checked by the caller). Returns codes (N, L) int64 and, when
+    write_residual, the final residual (N, D) in x's dtype (else None)."""
+    n, d = x.shape
+    num_levels, k, _ = codebooks.shape
+    c_norm = codebooks.float().square().sum(dim=-1).contiguous()
+    codes = torch.empty((n, num_levels), dtype=torch.int64, device=x.device)
+    residual = torch.empty((n, d), dtype=torch.float32, device=x.device)
+    if x.dtype == torch.float32:
+        precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 and not triton_interpret() else "ieee"
+    else:
+        precision = "ieee"  # fp16/bf16 operands: exact products, fp32 accumulation
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    _rq_assign_kernel[grid](
+        x, codebooks, c_norm, codes, residual, n, d, k, x.stride(0),
+        L=num_levels, WRITE_LAST_RESIDUAL=write_residual, INPUT_PRECISION=precision,
+    )
+    return codes, (residual.to(x.dtype) if write_residual else None)
