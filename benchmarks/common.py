@@ -1,0 +1,76 @@
+"""Shared benchmark plumbing: device timing, the measured peak, and how results are recorded.
+
+- GPU times come from CUDA events via `triton.testing.do_bench` (median, L2 flushed between
+  runs); small launches can be timed under a CUDA graph (`graph=True`). Never wall clock.
+- CPU times: median of repeated perf_counter runs (CPU benchmarks are small and exist to compare
+  our C++ paths with the references in the same run, not to report absolute speed).
+- Every benchmark records in `benchmark.extra_info`: time, TFLOP/s and/or GB/s, percent of the
+  peak measured *in the same run*, and the ratio to each anchor measured in the same run.
+- `--quick` (or ONEREC_BENCH_QUICK=1) shrinks shapes and repetitions (device_check.sh uses it).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import statistics
+import time
+from typing import Callable
+
+import pytest
+import torch
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                   reason="GPU benchmark: no CUDA device on this machine")
+
+
+def quick() -> bool:
+    return os.environ.get("ONEREC_BENCH_QUICK", "0") == "1"
+
+
+def gpu_time_ms(fn: Callable[[], object], *, graph: bool = False, rep_ms: int | None = None) -> float:
+    """Median device time of fn() in ms (CUDA events, L2 flushed)."""
+    import triton.testing
+
+    rep = rep_ms if rep_ms is not None else (30 if quick() else 100)
+    if graph:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median"))
+    return float(triton.testing.do_bench(fn, warmup=max(rep // 4, 5), rep=rep, return_mode="median"))
+
+
+def cpu_time_ms(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of fn() in ms on the CPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+@functools.lru_cache(maxsize=None)
+def measured_bf16_peak_tflops() -> float:
+    """bf16 dense GEMM rate measured now on this GPU (8192^3, or 4096^3 in quick mode)."""
+    n = 4096 if quick() else 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = gpu_time_ms(lambda: a @ b)
+    return 2.0 * n ** 3 / (ms * 1e-3) / 1e12
+
+
+def tflops(flops: float, ms: float) -> float:
+    return flops / (ms * 1e-3) / 1e12
+
+
+def record(benchmark, **extra) -> None:
+    """Put the numbers in pytest-benchmark's extra_info (floats rounded for the JSON)."""
+    for key, value in extra.items():
+        benchmark.extra_info[key] = round(value, 4) if isinstance(value, float) else value
+
+
+def run_timed(benchmark, fn: Callable[[], object], ms: float) -> None:
+    """Let pytest-benchmark own a (short) run of fn for its table, while the reported device time
+    is `ms`, measured with CUDA events / the CPU timer above."""
+    benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.extra_info["time_ms"] = round(ms, 4)
