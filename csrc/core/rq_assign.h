@@ -4,11 +4,29 @@
 
 namespace onerec {
 
+// Codebook of one level, laid out for the CPU nearest-code search: transposed to (d, k) so the
+// inner loop runs over contiguous codes (vectorizes without reassociating any sum), plus the
+// squared norms (k).
+struct PreparedCodebook {
+  const float* cb_t;   // (d, k) row-major
+  const float* norms;  // (k,)
+  int64_t k;
+  int64_t d;
+};
+
+// Fills cb_t (d*k floats) and norms (k floats) from a (k, d) row-major codebook.
+void prepare_codebook(const float* cb, int64_t k, int64_t d, float* cb_t, float* norms);
+
+// For each of `rows` rows of r (row-major, row stride d): the code with the smallest
+// ||c||^2 - 2 r.c (ties: lowest index; NaN scores never win; an all-NaN row gets 0).
+// best_score (optional) receives that score. Single-threaded; callers split rows.
+void nearest_codes(const float* r, int64_t rows, const PreparedCodebook& cb, int64_t* best_idx,
+                   float* best_score);
+
 // x: (n, d) row-major; codebooks: (levels, k, d) row-major.
 // Writes codes (n, levels) and, when residual != nullptr, the final residual (n, d).
-// Per level: c = argmin_j ||r - codebooks[l, j]||^2 (ties: lowest j; NaN distances never win),
-// then r -= codebooks[l, c]. Distances are the direct sum of squared differences (no norm trick),
-// so the CPU path is the most exact one we have.
+// Per level: c = argmin_j ||r - codebooks[l, j]||^2 (via the norm trick, as above), then
+// r -= codebooks[l, c]. num_threads <= 0: all hardware threads.
 void rq_assign_cpu(const float* x, const float* codebooks, int64_t n, int64_t d, int64_t levels,
                    int64_t k, int64_t* codes, float* residual, int num_threads);
 
