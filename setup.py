@@ -38,7 +38,7 @@ def _native_extensions():
         ) from exc
 
     sources = _sources("csrc/core/*.cpp") + _sources("csrc/torch/*.cpp")
-    cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wno-psabi"]
     define_macros = []
     force_cpu = os.environ.get("ONEREC_FORCE_CPU_BUILD", "0") == "1"
     with_cuda = (

@@ -74,3 +74,17 @@ def run_timed(benchmark, fn: Callable[[], object], ms: float) -> None:
     is `ms`, measured with CUDA events / the CPU timer above."""
     benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
     benchmark.extra_info["time_ms"] = round(ms, 4)
+
+
+def emit(name: str, **fields) -> None:
+    """Append one result row (JSON lines) to $ONEREC_BENCH_OUT/results.jsonl when set; the
+    device script turns these rows into its closing table."""
+    import json
+
+    out = os.environ.get("ONEREC_BENCH_OUT")
+    if not out:
+        return
+    os.makedirs(out, exist_ok=True)
+    row = {"name": name, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in fields.items()}}
+    with open(os.path.join(out, "results.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")

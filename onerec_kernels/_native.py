@@ -27,6 +27,7 @@ def available() -> bool:
     return _C is not None
 
 
+@torch.compiler.assume_constant_result  # a build fact: lets torch.compile trace callers
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """True when the native op `onerec_C::<op>` has a kernel for `dispatch_key` ("CPU", "CUDA")."""
     if _C is None:

@@ -4,18 +4,26 @@
 
 namespace onerec {
 
-// Codebook of one level, laid out for the CPU nearest-code search: transposed to (d, k) so the
-// inner loop runs over contiguous codes (vectorizes without reassociating any sum), plus the
-// squared norms (k).
+// Width of a codebook panel: codes handled side by side by the CPU micro-kernel.
+constexpr int64_t kPanelCodes = 16;
+
+inline int64_t panel_floats(int64_t k, int64_t d) {
+  return (k + kPanelCodes - 1) / kPanelCodes * d * kPanelCodes;
+}
+
+// Codebook of one level, laid out for the CPU nearest-code search: packed into panels of
+// kPanelCodes codes, each panel (d, kPanelCodes) contiguous, so the micro-kernel streams it
+// with unit stride (a plain (d, k) transpose strides by 4*k bytes, and k a multiple of 1024 puts
+// every row of a tile in the same L1 set). The last panel is zero-padded. Plus squared norms (k).
 struct PreparedCodebook {
-  const float* cb_t;   // (d, k) row-major
-  const float* norms;  // (k,)
+  const float* panels;  // (ceil(k / kPanelCodes), d, kPanelCodes)
+  const float* norms;   // (k,)
   int64_t k;
   int64_t d;
 };
 
-// Fills cb_t (d*k floats) and norms (k floats) from a (k, d) row-major codebook.
-void prepare_codebook(const float* cb, int64_t k, int64_t d, float* cb_t, float* norms);
+// Fills panels (panel_floats(k, d) floats) and norms (k floats) from a (k, d) row-major codebook.
+void prepare_codebook(const float* cb, int64_t k, int64_t d, float* panels, float* norms);
 
 // For each of `rows` rows of r (row-major, row stride d): the code with the smallest
 // ||c||^2 - 2 r.c (ties: lowest index; NaN scores never win; an all-NaN row gets 0).

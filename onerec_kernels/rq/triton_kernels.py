@@ -35,7 +35,7 @@ _CUDA_CONFIGS = [
     triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=4, num_stages=3),
 ]
-_INTERPRET_CONFIGS = [triton.Config({"BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_D": 32})]
+_INTERPRET_CONFIGS = [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_D": 64})]
 
 
 def _configs():

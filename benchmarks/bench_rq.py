@@ -1,0 +1,112 @@
+"""rq_assign benchmarks: our fused kernel against the plain-PyTorch anchors in the same run.
+
+FLOPs = 2*N*K*D*L (the distance GEMMs; the argmin and residual updates are O(N*K*L) and
+O(N*D*L)). Minimum bytes = read x (N*D), the codebooks (L*K*D), write codes (N*L*8): at
+N=1M, K=8192 the op is compute bound, so the floor is the GEMM peak.
+Anchors (../shared/ANCHORS.md): chunked fp32 ||c||^2 - 2 r C^T + argmin; torch.cdist + argmin;
+bf16 GEMM + fp32 argmin. Each does the full L-level greedy walk.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import onerec_kernels as ok
+from common import (cpu_time_ms, emit, gpu_time_ms, measured_bf16_peak_tflops, quick, record,
+                    requires_cuda, run_timed, tflops)
+
+CHUNK = 65536
+
+
+def anchor_fp32_norm_trick(x, codebooks):
+    r = x.float().clone()
+    cb = codebooks.float()
+    codes = []
+    for level in range(cb.shape[0]):
+        c = cb[level]
+        c_norm = (c * c).sum(1)
+        idx = torch.cat([(c_norm - 2.0 * (r[s:s + CHUNK] @ c.T)).argmin(1)
+                         for s in range(0, r.shape[0], CHUNK)])
+        r -= c[idx]
+        codes.append(idx)
+    return torch.stack(codes, 1)
+
+
+def anchor_cdist(x, codebooks):
+    r = x.float().clone()
+    cb = codebooks.float()
+    codes = []
+    for level in range(cb.shape[0]):
+        idx = torch.cat([torch.cdist(r[s:s + CHUNK], cb[level]).argmin(1)
+                         for s in range(0, r.shape[0], CHUNK)])
+        r -= cb[level][idx]
+        codes.append(idx)
+    return torch.stack(codes, 1)
+
+
+def anchor_bf16_gemm(x, codebooks):
+    r = x.to(torch.bfloat16).clone()
+    cb = codebooks.to(torch.bfloat16)
+    codes = []
+    for level in range(cb.shape[0]):
+        c = cb[level]
+        c_norm = (c.float() ** 2).sum(1)
+        idx = torch.cat([(c_norm - 2.0 * (r[s:s + CHUNK] @ c.T).float()).argmin(1)
+                         for s in range(0, r.shape[0], CHUNK)])
+        r -= c[idx]
+        codes.append(idx)
+    return torch.stack(codes, 1)
+
+
+def _data(n, d, k, num_levels, device, dtype, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(n, d, device=device, generator=g)
+    scales = torch.tensor([0.5 ** level for level in range(num_levels)], device=device)
+    codebooks = torch.randn(num_levels, k, d, device=device, generator=g) * scales[:, None, None]
+    return x.to(dtype), codebooks.to(dtype)
+
+
+@requires_cuda
+@pytest.mark.parametrize("d", [512, 2048])
+def test_rq_assign_gpu(benchmark, d):
+    n = (1 << 20) if (d == 512 or not quick()) else (1 << 18)
+    k, num_levels = 8192, 3
+    x, codebooks = _data(n, d, k, num_levels, "cuda", torch.bfloat16)
+    flops = 2.0 * n * k * d * num_levels
+    peak = measured_bf16_peak_tflops()
+
+    ours = lambda: ok.rq_assign(x, codebooks, backend="triton")  # noqa: E731
+    ours()  # compile + autotune outside the timing
+    ms = gpu_time_ms(ours)
+    anchors = {"fp32_norm_trick": anchor_fp32_norm_trick, "cdist": anchor_cdist,
+               "bf16_gemm": anchor_bf16_gemm}
+    extra = {"N": n, "D": d, "K": k, "L": num_levels, "dtype": "bfloat16", "time_ms": ms,
+             "tflops": tflops(flops, ms), "pct_of_bf16_peak": 100 * tflops(flops, ms) / peak,
+             "bf16_peak_tflops": peak}
+    codes = ours()
+    for name, fn in anchors.items():
+        a_ms = gpu_time_ms(lambda: fn(x, codebooks), rep_ms=1)
+        extra[f"anchor_{name}_ms"] = a_ms
+        extra[f"speedup_vs_{name}"] = a_ms / ms
+    extra["row_agreement_vs_bf16_anchor"] = (codes == anchor_bf16_gemm(x, codebooks)).all(1).float().mean().item()
+    record(benchmark, **extra)
+    emit(f"rq_assign D={d}", **extra)
+    run_timed(benchmark, lambda: (ours(), torch.cuda.synchronize()), ms)
+
+
+@pytest.mark.parametrize("n,d,k", [(20000, 64, 256), (4096, 256, 1024)])
+def test_rq_assign_cpu(benchmark, n, d, k):
+    """CPU: the C++ kernel against the PyTorch reference (which uses the CPU BLAS GEMM)."""
+    if not ok.native_available():
+        pytest.skip("native extension not built")
+    num_levels = 3
+    x, codebooks = _data(n, d, k, num_levels, "cpu", torch.float32)
+    flops = 2.0 * n * k * d * num_levels
+    cpp_ms = cpu_time_ms(lambda: ok.rq_assign(x, codebooks, backend="cpp"), repeats=3)
+    ref_ms = cpu_time_ms(lambda: ok.rq_assign(x, codebooks, backend="torch"), repeats=3)
+    extra = {"N": n, "D": d, "K": k, "L": num_levels, "threads": torch.get_num_threads(),
+             "cpp_ms": cpp_ms, "reference_ms": ref_ms, "cpp_gflops": flops / cpp_ms / 1e6,
+             "speedup_vs_reference": ref_ms / cpp_ms}
+    record(benchmark, **extra)
+    emit(f"rq_assign cpu N={n} D={d} K={k}", **extra)
+    run_timed(benchmark, lambda: ok.rq_assign(x, codebooks, backend="cpp"), cpp_ms)

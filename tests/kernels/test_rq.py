@@ -1,0 +1,204 @@
+"""rq_assign: every backend against an fp64 walk of its own codes and against the reference."""
+import pytest
+import torch
+
+import onerec_kernels as ok
+from onerec_kernels import _backend, _native
+
+HAS_NATIVE = _native.available()
+# Where the Triton kernel runs in the single-device tests: the GPU when there is one.
+TRITON_DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _backends(device):
+    """Backends runnable on `device` here (Triton on CPU tensors only in the interpreter)."""
+    out = ["torch"]
+    if device.type == "cuda" or _backend.triton_interpret():
+        out.append("triton")
+    if device.type == "cpu" and HAS_NATIVE:
+        out.append("cpp")
+    return out
+
+
+RTOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+def _check_greedy(x, codebooks, codes, rtol, residual=None):
+    """Walk the levels with the returned codes in fp64: at each level the chosen code must be
+    the nearest up to rounding (genuine near-ties only); the residual must match the codes.
+    Returns the fraction of (row, level) choices that are exactly the fp64 argmin."""
+    x64, cb64 = x.double().cpu(), codebooks.double().cpu()
+    codes = codes.cpu()
+    n, num_levels = codes.shape
+    assert codes.dtype == torch.int64
+    assert ((codes >= 0) & (codes < codebooks.shape[1])).all()
+    r = x64.clone()
+    exact = 0
+    for level in range(num_levels):
+        dist = torch.cdist(r, cb64[level]).square()  # (N, K)
+        best = dist.min(dim=1).values
+        chosen = dist.gather(1, codes[:, level:level + 1]).squeeze(1)
+        scale = r.square().sum(1) + cb64[level].square().sum(1).max()
+        excess = chosen - best
+        assert (excess <= rtol * scale + 1e-9).all(), (
+            f"level {level}: chosen code is {excess.max().item():.3g} worse than the best "
+            f"(allowed {rtol} x scale)")
+        exact += (dist.argmin(dim=1) == codes[:, level]).sum().item()
+        r = r - cb64[level][codes[:, level]]
+    if residual is not None:
+        scale = x64.abs().max().item() + 1.0
+        torch.testing.assert_close(residual.double().cpu(), r, rtol=0, atol=rtol * 10 * scale)
+    return exact / max(n * num_levels, 1)
+
+
+SHAPES = [  # (N, D, K, L): the issue's grid, sampled so every value appears with the others
+    (1, 3, 1, 1), (7, 64, 5, 2), (1000, 100, 300, 3), (7, 3, 300, 3), (1000, 64, 5, 1),
+    (1, 100, 300, 2), (97, 64, 300, 3), (1000, 3, 1, 2), (7, 100, 1, 3), (33, 17, 47, 2),
+]
+
+
+@pytest.mark.parametrize("n,d,k,num_levels", SHAPES)
+def test_matches_reference_fp32(device, seed, n, d, k, num_levels):
+    x = torch.randn(n, d, device=device)
+    codebooks = torch.randn(num_levels, k, d, device=device)
+    ref_codes, _ = ok.rq_assign_reference(x, codebooks)
+    for backend in _backends(device):
+        codes, residual = ok.rq_assign(x, codebooks, return_residual=True, backend=backend)
+        assert codes.shape == (n, num_levels) and residual.shape == (n, d)
+        assert residual.dtype == x.dtype and codes.device == x.device
+        exact = _check_greedy(x, codebooks, codes, RTOL[torch.float32], residual)
+        assert exact >= 0.98, f"{backend}: only {exact:.3f} exact choices (seed {seed})"
+        agree = (codes == ref_codes).all(dim=1).float().mean().item()
+        assert agree >= 0.97, f"{backend}: {agree:.3f} rows agree with the reference (seed {seed})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,d,k,num_levels", [(97, 64, 300, 3), (7, 100, 5, 2), (200, 40, 33, 3)])
+def test_low_precision(device, seed, dtype, n, d, k, num_levels):
+    x = torch.randn(n, d, device=device).to(dtype)
+    codebooks = torch.randn(num_levels, k, d, device=device).to(dtype)
+    backends = _backends(device)
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        backends = [b for b in backends if b != "triton"]  # the interpreter miscomputes bf16
+    for backend in backends:
+        codes, residual = ok.rq_assign(x, codebooks, return_residual=True, backend=backend)
+        assert residual.dtype == dtype
+        exact = _check_greedy(x, codebooks, codes, RTOL[dtype])
+        assert exact >= 0.9, f"{backend} {dtype}: {exact:.3f} exact choices (seed {seed})"
+
+
+def test_large_d_tiles_over_d(device, seed):
+    """D far above one tile (the kernel loops over D chunks); K spanning many code tiles."""
+    x = torch.randn(5, 4096, device=device)
+    codebooks = torch.randn(2, 70, 4096, device=device)
+    for backend in _backends(device):
+        codes = ok.rq_assign(x, codebooks, backend=backend)
+        _check_greedy(x, codebooks, codes, RTOL[torch.float32])
+
+
+def test_ties_pick_lowest_index(device):
+    d, k = 8, 70
+    codebooks = torch.randn(1, k, d, device=device) + 10.0  # far from x
+    target = torch.randn(d, device=device)
+    for j in (5, 6, 40, 69):  # duplicates inside one code tile and across tiles
+        codebooks[0, j] = target
+    x = target.unsqueeze(0).repeat(3, 1) + 1e-3
+    for backend in _backends(device):
+        codes = ok.rq_assign(x, codebooks, backend=backend)
+        assert codes[:, 0].tolist() == [5, 5, 5], backend
+
+
+def test_empty_and_noncontiguous(device):
+    codebooks = torch.randn(2, 9, 6, device=device)
+    for backend in _backends(device):
+        codes, res = ok.rq_assign(torch.empty(0, 6, device=device), codebooks,
+                                  return_residual=True, backend=backend)
+        assert codes.shape == (0, 2) and res.shape == (0, 6) and codes.dtype == torch.int64
+        wide = torch.randn(11, 12, device=device)
+        x = wide[:, ::2]  # column stride 2
+        assert not x.is_contiguous()
+        torch.testing.assert_close(ok.rq_assign(x, codebooks, backend=backend),
+                                   ok.rq_assign(x.contiguous(), codebooks, backend=backend))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"] + (["cpp"] if HAS_NATIVE else []))
+def test_residual_gradient(backend, seed):
+    """The residual is differentiable (identity for x, scatter of -grad into the chosen codes)."""
+    dev = TRITON_DEV if backend == "triton" else torch.device("cpu")
+    x = torch.randn(13, 10, device=dev, requires_grad=True)
+    codebooks = torch.randn(2, 6, 10, device=dev, requires_grad=True)
+    codes, residual = ok.rq_assign(x, codebooks, return_residual=True, backend=backend)
+    weight = torch.randn_like(residual)
+    gx, gc = torch.autograd.grad((residual * weight).sum(), (x, codebooks))
+    x2, c2 = x.detach().clone().requires_grad_(), codebooks.detach().clone().requires_grad_()
+    chosen = c2[torch.arange(2, device=dev), codes]
+    ((x2 - chosen.sum(1)) * weight).sum().backward()
+    torch.testing.assert_close(gx, x2.grad)
+    torch.testing.assert_close(gc, c2.grad)
+
+
+BAD_INPUTS = [
+    (lambda: (torch.randn(4), torch.randn(1, 3, 4)), ValueError, "x"),
+    (lambda: (torch.randn(4, 5), torch.randn(3, 5)), ValueError, "codebooks"),
+    (lambda: (torch.randn(4, 5), torch.randn(1, 3, 6)), ValueError, "D"),
+    (lambda: (torch.randn(4, 5), torch.randn(1, 3, 5).double()), TypeError, "dtype"),
+    (lambda: (torch.randn(4, 5).half(), torch.randn(1, 3, 5)), TypeError, "dtype"),
+    (lambda: (torch.randint(0, 3, (4, 5)), torch.randn(1, 3, 5)), TypeError, "x"),
+    (lambda: (torch.randn(4, 5), torch.randn(0, 3, 5)), ValueError, "L"),
+    (lambda: (torch.randn(4, 5), torch.randn(2, 0, 5)), ValueError, "K"),
+    (lambda: (torch.randn(4, 0), torch.randn(2, 3, 0)), ValueError, "D"),
+    (lambda: ([[1.0]], torch.randn(1, 1, 1)), TypeError, "x"),
+]
+
+
+@pytest.mark.parametrize("make,exc,word", BAD_INPUTS)
+def test_bad_inputs(make, exc, word):
+    x, codebooks = make()
+    with pytest.raises(exc, match=word):
+        ok.rq_assign(x, codebooks)
+
+
+def test_bad_backend_requests(monkeypatch):
+    x, codebooks = torch.randn(3, 4), torch.randn(1, 2, 4)
+    with pytest.raises(ValueError, match="backend"):
+        ok.rq_assign(x, codebooks, backend="cuda")  # rq_assign has no native CUDA kernel
+    with pytest.raises(ValueError, match="backend"):
+        ok.rq_assign(x, codebooks, backend="fast")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        ok.rq_assign(x, codebooks, backend="triton")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_mismatch():
+    with pytest.raises(ValueError, match="device"):
+        ok.rq_assign(torch.randn(3, 4, device="cuda"), torch.randn(1, 2, 4))
+
+
+def test_opcheck_triton_op():
+    x, codebooks = torch.randn(19, 12, device=TRITON_DEV), torch.randn(2, 7, 12, device=TRITON_DEV)
+    for flag in (True, False):
+        torch.library.opcheck(torch.ops.onerec.rq_assign_triton.default, (x, codebooks, flag))
+
+
+@pytest.mark.skipif(not HAS_NATIVE, reason="native extension not built")
+def test_opcheck_native_op():
+    x, codebooks = torch.randn(19, 12), torch.randn(2, 7, 12)
+    torch.library.opcheck(torch.ops.onerec_C.rq_assign.default, (x, codebooks))
+
+
+@pytest.mark.parametrize("backend", ["triton"] + (["cpp"] if HAS_NATIVE else []))
+def test_torch_compile(backend):
+    torch._dynamo.reset()
+
+    @torch.compile(fullgraph=True)
+    def quantize(x, codebooks):
+        codes, residual = ok.rq_assign(x, codebooks, return_residual=True, backend=backend)
+        return codes, residual.square().sum(dim=1)
+
+    dev = TRITON_DEV if backend == "triton" else torch.device("cpu")
+    x, codebooks = torch.randn(21, 8, device=dev), torch.randn(3, 10, 8, device=dev)
+    codes, err = quantize(x, codebooks)
+    want_codes, want_res = ok.rq_assign(x, codebooks, return_residual=True, backend=backend)
+    torch.testing.assert_close(codes, want_codes)
+    torch.testing.assert_close(err, want_res.square().sum(dim=1))
