@@ -26,7 +26,10 @@ import triton.language as tl
 from ..rq.triton_kernels import _configs, dot_input_precision, nearest_code_tile
 
 
-@triton.autotune(configs=_configs(), key=["D", "K"])
+# reset_to_zero: autotuning runs the kernel once per config (and repeatedly), and every run adds
+# into the same accumulators; Triton re-zeroes them before each trial run.
+@triton.autotune(configs=_configs(), key=["D", "K"],
+                 reset_to_zero=["sums_ptr", "counts_ptr", "inertia_ptr"])
 @triton.jit
 def _kmeans_step_kernel(
     x_ptr,  # (N, D) input dtype, row stride stride_xn, unit column stride
