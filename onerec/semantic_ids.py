@@ -47,9 +47,10 @@ class SemanticIdTable:
 
     def __init__(self, codes: torch.Tensor, item_ids: torch.Tensor, codebook_sizes: Sequence[int],
                  raw_collision_rate: float = 0.0, num_reassigned: int = 0):
-        if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
-            raise ValueError(f"codes must be a 2-D (N, L) tensor, got "
-                             f"{tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__}")
+        if not isinstance(codes, torch.Tensor):
+            raise TypeError(f"codes must be a torch.Tensor, got {type(codes).__name__}")
+        if codes.dim() != 2:
+            raise ValueError(f"codes must be a 2-D (N, L) tensor, got shape {tuple(codes.shape)}")
         sizes = [int(k) for k in codebook_sizes]
         if codes.shape[1] != len(sizes):
             raise ValueError(f"codes has {codes.shape[1]} levels, codebook_sizes {len(sizes)}")

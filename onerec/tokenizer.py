@@ -232,7 +232,7 @@ class RQKMeansTokenizer:
             cdf = min_d2.cumsum(0)
             target = (u[j] * cdf[-1]).reshape(1)
             idx = torch.searchsorted(cdf, target, right=True).clamp_(max=s - 1)
-            seeds[j] = pts[idx[0]]
+            seeds[j:j + 1] = pts.index_select(0, idx)  # a tensor index: no host sync
             min_d2 = torch.minimum(min_d2, _sq_dist_to(pts, seeds[j:j + 1].expand_as(pts)).double())
         return seeds
 

@@ -302,3 +302,20 @@ def test_triton_backend_fit_agrees_with_cpp():
     assert (tri.fit_codes_ == ref.fit_codes_).all(dim=1).float().mean() >= 0.99
     for a, b in zip(tri.codebooks, ref.codebooks):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_semantic_id_table_constructor_checks():
+    codes = torch.tensor([[0, 1], [1, 0], [2, 1]])
+    table = SemanticIdTable(codes, torch.tensor([7, 3, 9]), [3, 2])
+    assert table.items_of(torch.tensor([[1, 0], [2, 0], [5, 0]])).tolist() == [3, -1, -1]
+    assert table.codes_of([9, 7]).tolist() == [[2, 1], [0, 1]]
+    exported_codes, exported_ids = table.export()
+    assert exported_codes.tolist() == [[0, 1], [1, 0], [2, 1]] and exported_ids.tolist() == [7, 3, 9]
+    with pytest.raises(ValueError, match="not one-to-one"):
+        SemanticIdTable(torch.tensor([[0, 1], [0, 1]]), torch.tensor([1, 2]), [3, 2])
+    with pytest.raises(ValueError, match=r"level 1 must be in \[0, 2\)"):
+        SemanticIdTable(torch.tensor([[0, 2]]), torch.tensor([1]), [3, 2])
+    with pytest.raises(ValueError, match="item_ids has 1 entries"):
+        SemanticIdTable(codes, torch.tensor([1]), [3, 2])
+    with pytest.raises(TypeError, match="codes must be a torch.Tensor"):
+        SemanticIdTable([[0, 1]], torch.tensor([1]), [3, 2])
