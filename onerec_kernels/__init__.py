@@ -31,3 +31,8 @@ def backends() -> dict:
 
 
 __all__ = ["BACKENDS", "backends", "native_available", "rq_assign", "rq_assign_reference"]
+
+# k-means step (tokenizer issue 3)
+from .kmeans import kmeans_step, kmeans_step_reference  # noqa: E402
+
+__all__ += ["kmeans_step", "kmeans_step_reference"]

@@ -42,6 +42,53 @@ def _configs():
     return _INTERPRET_CONFIGS if triton_interpret() else _CUDA_CONFIGS
 
 
+@triton.jit
+def nearest_code_tile(
+    a_rows,  # (BLOCK_N, 1) pointers to the starts of this program's rows (unit column stride)
+    cb_ptr,  # (K, D) codebook, contiguous; its dtype is the tensor-core operand dtype
+    cnorm_ptr,  # (K,) fp32 squared norms of the codebook rows
+    row_mask,  # (BLOCK_N,) which rows exist
+    D,
+    K,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Nearest code of BLOCK_N rows: streams the codebook in BLOCK_K-code tiles, scores
+    ||c||^2 - 2 a.c with a tiled tl.dot over D (fp32 accumulation) and keeps a running
+    (min, argmin) per row in registers, so no (N, K) distance matrix exists. Rows are loaded in
+    BLOCK_D slices and cast to the codebook dtype. Ties: the lowest code; an all-NaN row gets 0.
+    Returns (best score (BLOCK_N,) fp32, best code (BLOCK_N,) int32). Shared by `rq_assign`
+    and `kmeans_step` (onerec_kernels/kmeans/triton_kernels.py)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, BLOCK_D)
+    op_dtype = cb_ptr.dtype.element_ty
+    best_val = tl.full((BLOCK_N,), float("inf"), tl.float32)
+    best_idx = tl.zeros((BLOCK_N,), tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + offs_k
+        k_mask = ks < K
+        acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            ds = d0 + offs_d
+            d_mask = ds < D
+            a = tl.load(a_rows + ds[None, :], mask=row_mask[:, None] & d_mask[None, :],
+                        other=0.0).to(op_dtype)
+            b = tl.load(cb_ptr + ks[None, :].to(tl.int64) * D + ds[:, None],
+                        mask=k_mask[None, :] & d_mask[:, None], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        c_norm = tl.load(cnorm_ptr + ks, mask=k_mask, other=float("inf"))
+        scores = c_norm[None, :] - 2.0 * acc
+        tile_min = tl.min(scores, axis=1)
+        tile_arg = tl.argmin(scores, axis=1, tie_break_left=True)
+        # Strict '<': an earlier tile keeps ties, so the lowest index wins overall.
+        better = tile_min < best_val
+        best_val = tl.where(better, tile_min, best_val)
+        best_idx = tl.where(better, tile_arg + k0, best_idx)
+    return best_val, best_idx
+
+
 @triton.autotune(configs=_configs(), key=["D", "K", "L"])
 @triton.jit
 def _rq_assign_kernel(
@@ -67,37 +114,20 @@ def _rq_assign_kernel(
     rows64 = rows.to(tl.int64)
     x_rows = x_ptr + rows64[:, None] * stride_xn
     res_rows = res_ptr + rows64[:, None] * D
-    offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
-    op_dtype = cb_ptr.dtype.element_ty
 
     for level in tl.static_range(L):
         cb_level = cb_ptr + level * K * D
-        best_val = tl.full((BLOCK_N,), float("inf"), tl.float32)
-        best_idx = tl.zeros((BLOCK_N,), tl.int32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + offs_k
-            k_mask = ks < K
-            acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                ds = d0 + offs_d
-                d_mask = ds < D
-                a_mask = row_mask[:, None] & d_mask[None, :]
-                if level == 0:
-                    a = tl.load(x_rows + ds[None, :], mask=a_mask, other=0.0)
-                else:
-                    a = tl.load(res_rows + ds[None, :], mask=a_mask, other=0.0).to(op_dtype)
-                b = tl.load(cb_level + ks[None, :].to(tl.int64) * D + ds[:, None],
-                            mask=k_mask[None, :] & d_mask[:, None], other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-            c_norm = tl.load(cnorm_ptr + level * K + ks, mask=k_mask, other=float("inf"))
-            scores = c_norm[None, :] - 2.0 * acc
-            tile_min = tl.min(scores, axis=1)
-            tile_arg = tl.argmin(scores, axis=1, tie_break_left=True)
-            # Strict '<': an earlier tile keeps ties, so the lowest index wins overall.
-            better = tile_min < best_val
-            best_val = tl.where(better, tile_min, best_val)
-            best_idx = tl.where(better, tile_arg + k0, best_idx)
+        # `level` is a compile-time constant: level 0 reads x directly, later levels the fp32
+        # residual (cast to the codebook dtype as the tensor-core operand inside the helper).
+        if level == 0:
+            best_val, best_idx = nearest_code_tile(x_rows, cb_level, cnorm_ptr + level * K,
+                                                   row_mask, D, K, INPUT_PRECISION,
+                                                   BLOCK_N, BLOCK_K, BLOCK_D)
+        else:
+            best_val, best_idx = nearest_code_tile(res_rows, cb_level, cnorm_ptr + level * K,
+                                                   row_mask, D, K, INPUT_PRECISION,
+                                                   BLOCK_N, BLOCK_K, BLOCK_D)
         tl.store(codes_ptr + rows64 * L + level, best_idx.to(tl.int64), mask=row_mask)
 
         if (level < L - 1) or WRITE_LAST_RESIDUAL:
@@ -113,6 +143,14 @@ def _rq_assign_kernel(
                 tl.store(res_rows + ds[None, :], r - c, mask=m)
 
 
+def dot_input_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision for operands of `dtype`: fp32 follows torch's TF32 switch on the
+    GPU (exact "ieee" in the interpreter); fp16/bf16 operands are exact products anyway."""
+    if dtype == torch.float32:
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 and not triton_interpret() else "ieee"
+    return "ieee"  # fp16/bf16 operands: exact products, fp32 accumulation
+
+
 def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor,
                      write_residual: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the fused kernel. x (N, D) with unit column stride, codebooks (L, K, D)
@@ -123,10 +161,7 @@ def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor,
     c_norm = codebooks.float().square().sum(dim=-1).contiguous()
     codes = torch.empty((n, num_levels), dtype=torch.int64, device=x.device)
     residual = torch.empty((n, d), dtype=torch.float32, device=x.device)
-    if x.dtype == torch.float32:
-        precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 and not triton_interpret() else "ieee"
-    else:
-        precision = "ieee"  # fp16/bf16 operands: exact products, fp32 accumulation
+    precision = dot_input_precision(x.dtype)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     _rq_assign_kernel[grid](
         x, codebooks, c_norm, codes, residual, n, d, k, x.stride(0),

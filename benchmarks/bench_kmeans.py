@@ -1,0 +1,153 @@
+"""k-means benchmarks: the fused `kmeans_step` and a full tokenizer fit against plain PyTorch in
+the same run.
+
+FLOPs of one step = 2*N*K*D (the distance GEMM; argmin is O(N*K), the sums/counts/inertia
+O(N*D)). At N=1M, D=512, K=8192 a step is 8.6 TFLOP and compute bound, so the floor is the GEMM
+peak. Anchors (plain PyTorch, chunked so the (rows, K) score block fits):
+  - fp32: ||c||^2 - 2 x C^T in fp32 + argmin + index_add + bincount (= kmeans_step_reference),
+  - bf16: the same with a bf16 GEMM (fp32 scores and sums).
+The full fit is one level of K codes (k-means++ seeding on a subsample + `iters` Lloyd steps),
+with `backend="triton"` against `backend="torch"` (the same algorithm on the reference step).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import common
+import onerec_kernels as ok
+from common import (cpu_time_ms, gpu_time_ms, measured_bf16_peak_tflops, quick, record,
+                    requires_cuda, run_timed, tflops)
+from onerec.tokenizer import RQKMeansTokenizer
+
+CHUNK = 65536
+_emit = getattr(common, "emit", None)  # JSON-lines sink of the device script, when present
+
+
+def emit(name, **fields):
+    if _emit is not None:
+        _emit(name, **fields)
+
+
+def anchor_fp32(x, c):
+    return ok.kmeans_step_reference(x.float(), c.float(), row_chunk=CHUNK)
+
+
+def anchor_bf16(x, c):
+    xb, cb = x.to(torch.bfloat16), c.to(torch.bfloat16)
+    c_norm = cb.float().square().sum(1)
+    k, d = c.shape
+    sums = torch.zeros((k, d), dtype=torch.float32, device=x.device)
+    idx = []
+    for s in range(0, x.shape[0], CHUNK):
+        rows = xb[s:s + CHUNK]
+        a = (c_norm - 2.0 * (rows @ cb.T).float()).argmin(1)
+        sums.index_add_(0, a, rows.float())
+        idx.append(a)
+    a = torch.cat(idx)
+    return a, sums, torch.bincount(a, minlength=k)
+
+
+def _data(n, d, k, device, dtype, seed=0):
+    """Clustered points (so the sums see realistic contention) and centroids drawn from them."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    centres = torch.randn(k, d, device=device, generator=g)
+    labels = torch.randint(0, k, (n,), device=device, generator=g)
+    x = centres[labels] + 0.5 * torch.randn(n, d, device=device, generator=g)
+    c = x[torch.randperm(n, device=device, generator=g)[:k]]
+    return x.to(dtype), c.to(dtype).contiguous()
+
+
+def _gpu_shape():
+    return ((1 << 17), 512, 2048) if quick() else ((1 << 20), 512, 8192)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_kmeans_step_gpu(benchmark, dtype):
+    n, d, k = _gpu_shape()
+    x, c = _data(n, d, k, "cuda", dtype)
+    flops = 2.0 * n * k * d
+    peak = measured_bf16_peak_tflops()
+    ours = lambda: ok.kmeans_step(x, c, backend="triton")  # noqa: E731
+    a, sums, counts, _ = ours()  # compile + autotune outside the timing
+    ms = gpu_time_ms(ours)
+    extra = {"N": n, "D": d, "K": k, "dtype": str(dtype).replace("torch.", ""), "time_ms": ms,
+             "tflops": tflops(flops, ms), "pct_of_bf16_peak": 100 * tflops(flops, ms) / peak,
+             "bf16_peak_tflops": peak}
+    for name, fn in {"fp32": anchor_fp32, "bf16": anchor_bf16}.items():
+        a_ms = gpu_time_ms(lambda: fn(x, c), rep_ms=1)
+        extra[f"anchor_{name}_ms"] = a_ms
+        extra[f"speedup_vs_{name}"] = a_ms / ms
+    ref = anchor_bf16(x, c) if dtype == torch.bfloat16 else anchor_fp32(x, c)
+    extra["assignment_agreement"] = (a == ref[0]).float().mean().item()
+    if extra["assignment_agreement"] == 1.0:
+        extra["counts_equal"] = bool(torch.equal(counts, ref[2]))
+    record(benchmark, **extra)
+    emit(f"kmeans_step {extra['dtype']}", **extra)
+    run_timed(benchmark, lambda: (ours(), torch.cuda.synchronize()), ms)
+
+
+def _fit_ms(x, k, iters, backend, seed_sample):
+    tok = RQKMeansTokenizer(num_levels=1, codebook_size=k, iters=iters, seed=0, backend=backend,
+                            tol=0.0, seed_sample=seed_sample)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    tok.fit(x)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end), tok
+
+
+@requires_cuda
+def test_kmeans_fit_gpu(benchmark):
+    """One level, K codes, k-means++ on 4 K points + `iters` Lloyd steps, fp32 data (the
+    tokenizer works in fp32; the Triton step then uses TF32 when torch allows it)."""
+    n, d, k = _gpu_shape()
+    iters = 3 if quick() else 10
+    x, _ = _data(n, d, k, "cuda", torch.float32)
+    _fit_ms(x[:4096], 64, 1, "triton", None)  # compile + autotune for this D
+    ms, tok = _fit_ms(x, k, iters, "triton", 4 * k)
+    ref_ms, ref = _fit_ms(x, k, iters, "torch", 4 * k)
+    flops = 2.0 * n * k * d * (iters + 1)  # Lloyd steps + the final assignment
+    extra = {"N": n, "D": d, "K": k, "iters": iters, "fit_ms": ms, "reference_fit_ms": ref_ms,
+             "speedup_vs_reference": ref_ms / ms, "lloyd_tflops_lower_bound": tflops(flops, ms),
+             "inertia": tok.fit_stats_[0]["inertia"],
+             "reference_inertia": ref.fit_stats_[0]["inertia"]}
+    record(benchmark, **extra)
+    emit("kmeans fit", **extra)
+    run_timed(benchmark, lambda: None, ms)
+
+
+@pytest.mark.parametrize("n,d,k", [(20000, 64, 256), (4096, 256, 1024)])
+def test_kmeans_step_cpu(benchmark, n, d, k):
+    """CPU: the C++ kernel against the PyTorch reference (CPU BLAS GEMM + index_add)."""
+    if not ok.native_available():
+        pytest.skip("native extension not built")
+    x, c = _data(n, d, k, "cpu", torch.float32)
+    flops = 2.0 * n * k * d
+    cpp_ms = cpu_time_ms(lambda: ok.kmeans_step(x, c, backend="cpp"), repeats=3)
+    ref_ms = cpu_time_ms(lambda: ok.kmeans_step(x, c, backend="torch"), repeats=3)
+    extra = {"N": n, "D": d, "K": k, "threads": torch.get_num_threads(), "cpp_ms": cpp_ms,
+             "reference_ms": ref_ms, "cpp_gflops": flops / cpp_ms / 1e6,
+             "speedup_vs_reference": ref_ms / cpp_ms}
+    record(benchmark, **extra)
+    emit(f"kmeans_step cpu N={n} D={d} K={k}", **extra)
+    run_timed(benchmark, lambda: ok.kmeans_step(x, c, backend="cpp"), cpp_ms)
+
+
+def test_kmeans_fit_cpu(benchmark):
+    """CPU: a small 3-level fit with the C++ step against the reference step."""
+    if not ok.native_available():
+        pytest.skip("native extension not built")
+    n, d, k = 8192, 32, 64
+    x, _ = _data(n, d, k, "cpu", torch.float32)
+    fit = lambda b: RQKMeansTokenizer(num_levels=3, codebook_size=k, iters=10, seed=0,  # noqa: E731
+                                      backend=b, tol=0.0).fit(x)
+    cpp_ms = cpu_time_ms(lambda: fit("cpp"), repeats=1, warmup=0)
+    ref_ms = cpu_time_ms(lambda: fit("torch"), repeats=1, warmup=0)
+    extra = {"N": n, "D": d, "K": k, "L": 3, "iters": 10, "cpp_fit_ms": cpp_ms,
+             "reference_fit_ms": ref_ms, "speedup_vs_reference": ref_ms / cpp_ms}
+    record(benchmark, **extra)
+    emit("kmeans fit cpu", **extra)
+    run_timed(benchmark, lambda: None, cpp_ms)

@@ -1,0 +1,141 @@
+// CTest executable for onerec::kmeans_step_cpu (torch-free core): brute force in double is the
+// oracle. Exits non-zero on the first failed check.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "core/kmeans.h"
+
+static int g_failures = 0;
+#define CHECK(cond, ...)                                        \
+  do {                                                          \
+    if (!(cond)) {                                              \
+      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+      std::fprintf(stderr, __VA_ARGS__);                        \
+      std::fprintf(stderr, "\n");                               \
+      ++g_failures;                                             \
+    }                                                           \
+  } while (0)
+
+struct StepOut {
+  std::vector<int64_t> assign;
+  std::vector<float> sums;
+  std::vector<int64_t> counts;
+  double inertia = 0.0;
+};
+
+static StepOut run(const std::vector<float>& x, const std::vector<float>& c, int64_t n, int64_t d,
+                   int64_t k, int threads) {
+  StepOut o;
+  o.assign.assign(n, -1);
+  o.sums.assign(k * d, -1.f);
+  o.counts.assign(k, -1);
+  onerec::kmeans_step_cpu(x.data(), c.data(), n, d, k, o.assign.data(), o.sums.data(),
+                          o.counts.data(), &o.inertia, threads);
+  return o;
+}
+
+static void test_random(int64_t n, int64_t d, int64_t k, int threads, unsigned seed,
+                        bool far_centroid) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(n * d), c(k * d);
+  for (auto& v : x) v = dist(gen);
+  for (auto& v : c) v = dist(gen);
+  if (far_centroid)  // the last centroid is far from every row: an empty cluster
+    for (int64_t t = 0; t < d; ++t) c[(k - 1) * d + t] = 1000.f;
+  StepOut o = run(x, c, n, d, k, threads);
+
+  std::vector<double> want_sums(k * d, 0.0);
+  std::vector<int64_t> want_counts(k, 0);
+  double want_inertia = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    double best = std::numeric_limits<double>::infinity(), second = best;
+    int64_t arg = 0;
+    std::vector<double> dd(k);
+    for (int64_t j = 0; j < k; ++j) {
+      double s = 0;
+      for (int64_t t = 0; t < d; ++t) {
+        const double v = double(x[i * d + t]) - c[j * d + t];
+        s += v * v;
+      }
+      dd[j] = s;
+      if (s < best) {
+        second = best;
+        best = s;
+        arg = j;
+      } else if (s < second) {
+        second = s;
+      }
+    }
+    const int64_t got = o.assign[i];
+    CHECK(got >= 0 && got < k, "assignment out of range row %lld: %lld", (long long)i, (long long)got);
+    if (got < 0 || got >= k) continue;
+    if (got != arg)
+      CHECK(second - best < 1e-3, "row %lld: got %lld want %lld (gap %g)", (long long)i,
+            (long long)got, (long long)arg, second - best);
+    // Sums, counts and inertia must follow the assignment the kernel made.
+    want_counts[got] += 1;
+    for (int64_t t = 0; t < d; ++t) want_sums[got * d + t] += x[i * d + t];
+    want_inertia += dd[got];
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    CHECK(o.counts[j] == want_counts[j], "count %lld: %lld vs %lld", (long long)j,
+          (long long)o.counts[j], (long long)want_counts[j]);
+    for (int64_t t = 0; t < d; ++t)
+      CHECK(std::fabs(o.sums[j * d + t] - want_sums[j * d + t]) < 1e-4 * (1 + std::fabs(want_sums[j * d + t])),
+            "sum %lld,%lld: %g vs %g", (long long)j, (long long)t, o.sums[j * d + t],
+            want_sums[j * d + t]);
+  }
+  CHECK(std::fabs(o.inertia - want_inertia) <= 1e-6 * (1 + want_inertia), "inertia %g vs %g",
+        o.inertia, want_inertia);
+  if (far_centroid) CHECK(o.counts[k - 1] == 0, "far centroid got %lld rows", (long long)o.counts[k - 1]);
+
+  // Deterministic for a given thread count: a second run is bitwise identical.
+  StepOut again = run(x, c, n, d, k, threads);
+  CHECK(again.assign == o.assign && again.counts == o.counts, "assignments not deterministic");
+  CHECK(std::memcmp(again.sums.data(), o.sums.data(), sizeof(float) * k * d) == 0,
+        "sums not deterministic");
+  CHECK(again.inertia == o.inertia, "inertia not deterministic");
+}
+
+static void test_empty_input() {
+  std::vector<float> c(3 * 4, 1.f), sums(3 * 4, -1.f);
+  std::vector<int64_t> counts(3, -1);
+  double inertia = -1.0;
+  onerec::kmeans_step_cpu(nullptr, c.data(), 0, 4, 3, nullptr, sums.data(), counts.data(),
+                          &inertia, 2);
+  for (float s : sums) CHECK(s == 0.f, "n == 0: sums not zeroed");
+  for (int64_t v : counts) CHECK(v == 0, "n == 0: counts not zeroed");
+  CHECK(inertia == 0.0, "n == 0: inertia %g", inertia);
+}
+
+static void test_ties_pick_lowest_index() {
+  const int64_t d = 3, k = 4;
+  std::vector<float> x = {1, 2, 3, -1, 0, 5};
+  std::vector<float> c(k * d, 0.25f);
+  StepOut o = run(x, c, 2, d, k, 1);
+  CHECK(o.assign[0] == 0 && o.assign[1] == 0, "ties broke to %lld/%lld", (long long)o.assign[0],
+        (long long)o.assign[1]);
+  CHECK(o.counts[0] == 2 && o.counts[1] == 0, "tie counts");
+}
+
+int main() {
+  test_empty_input();
+  test_ties_pick_lowest_index();
+  test_random(1, 3, 1, 1, 1, false);
+  test_random(7, 64, 5, 2, 2, true);
+  test_random(97, 100, 33, 2, 3, true);
+  test_random(1025, 17, 300, 4, 4, false);  // K > rows per worker, several workers
+  test_random(300, 9, 7, 8, 5, true);
+  if (g_failures) {
+    std::fprintf(stderr, "%d check(s) failed\n", g_failures);
+    return 1;
+  }
+  std::printf("all kmeans core tests passed\n");
+  return 0;
+}
