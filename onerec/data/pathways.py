@@ -23,9 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .dataset import TEST, TRAIN, VALID, Dataset
+from .dataset import DROPPED, TEST, TRAIN, VALID, Dataset
 
-POOLS = {"all": (TRAIN, VALID, TEST), "train": (TRAIN,), "train+valid": (TRAIN, VALID)}
+# "all" includes DROPPED events (train events tied with a held-out one): they are real history,
+# strictly earlier than any later query, and only excluded from training targets.
+POOLS = {"all": (TRAIN, VALID, TEST, DROPPED), "train": (TRAIN,), "train+valid": (TRAIN, VALID)}
 
 
 @dataclass

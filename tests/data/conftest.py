@@ -19,8 +19,13 @@ def small_synth():
 
 
 @pytest.fixture(scope="session")
-def ml100k():
+def ml100k_path() -> Path:
     if not (ML100K / "u.data").is_file():
         pytest.skip(f"MovieLens-100K not found at {ML100K} (expected ../shared/data/ml-100k "
                     f"relative to the repo root)")
-    return load_dataset(f"ml-100k:{ML100K}")
+    return ML100K
+
+
+@pytest.fixture(scope="session")
+def ml100k(ml100k_path):
+    return load_dataset(f"ml-100k:{ml100k_path}")
