@@ -220,7 +220,7 @@ class Dataset:
     items: Items
     users: Users
     interactions: Interactions
-    split: Split = None  # type: ignore[assignment]  # filled in __post_init__
+    split: Split | None = None  # None: the leave-one-out split is computed in __post_init__
     ties: str = "drop"
     user_offsets: np.ndarray = field(init=False, repr=False)
 

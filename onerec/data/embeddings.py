@@ -59,23 +59,29 @@ def randomized_svd(matrix, k: int, *, seed: int = 0, oversample: int = 10, n_ite
     k = min(k, m, n)
     if k == 0:
         return np.zeros((m, 0)), np.zeros(0)
+    # Dense steps go through torch (float64, the caller pins one thread): numpy's threaded
+    # OpenBLAS QR measured 10-50x slower than torch's on a busy 2-core box.
     if min(m, n) <= 2 * (k + oversample):
         dense = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float64)
-        u, s, _ = np.linalg.svd(dense, full_matrices=False)
-        u, s = u[:, :k], s[:k]
+        u, s, _ = torch.linalg.svd(torch.from_numpy(np.ascontiguousarray(dense, np.float64)),
+                                   full_matrices=False)
+        u, s = u[:, :k].numpy(), s[:k].numpy()
     else:
         # Power iterations re-orthonormalize only the m-side (k + p) block, and the small
-        # (k + p, n) projection is decomposed through its (k + p)^2 Gram matrix: no QR or SVD of
-        # an n-long dense block (n = 32k hash buckets), which dominated the runtime.
+        # (k + p, n) projection is decomposed through its (k + p)^2 Gram matrix: no QR or SVD
+        # of an n-long dense block (n = 32k hash buckets).
+        def orth(x: np.ndarray) -> np.ndarray:
+            return torch.linalg.qr(torch.from_numpy(np.ascontiguousarray(x, np.float64)))[0].numpy()
+
         rng = np.random.default_rng(seed)
-        q, _ = np.linalg.qr(matrix @ rng.standard_normal((n, k + oversample)))
+        q = orth(matrix @ rng.standard_normal((n, k + oversample)))
         for _ in range(n_iter):
-            q, _ = np.linalg.qr(matrix @ np.asarray(matrix.T @ q))
-        bt = np.asarray(matrix.T @ q)  # (n, k + p) = (Q^T A)^T
-        evals, evecs = np.linalg.eigh(bt.T @ bt)
-        order = np.argsort(evals)[::-1][:k]
-        s = np.sqrt(np.maximum(evals[order], 0.0))
-        u = q @ evecs[:, order]
+            q = orth(matrix @ np.asarray(matrix.T @ q))
+        bt = torch.from_numpy(np.ascontiguousarray(matrix.T @ q, np.float64))  # (Q^T A)^T
+        evals, evecs = torch.linalg.eigh(bt.T @ bt)
+        order = torch.argsort(evals, descending=True)[:k]
+        s = torch.sqrt(torch.clamp(evals[order], min=0.0)).numpy()
+        u = (torch.from_numpy(q) @ evecs[:, order]).numpy()
     flip = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
     flip[flip == 0] = 1.0
     return u * flip, s
@@ -231,9 +237,9 @@ def info_nce(za: torch.Tensor, zb: torch.Tensor, temperature: float) -> torch.Te
 
 @contextlib.contextmanager
 def _torch_threads(n: int):
-    """Temporarily cap torch's intra-op threads: the projection's matmuls are tiny (512 x 128),
-    so thread hand-off costs more than it saves (measured ~8x slower with 2 threads on a
-    loaded 2-core box)."""
+    """Temporarily cap torch's intra-op threads (also usable as a decorator): every matrix here
+    is small (512 x 128 projection batches, (k + p)-wide SVD blocks), so thread hand-off costs
+    more than it saves (measured ~8x slower with 2 threads on a loaded 2-core box)."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -305,10 +311,11 @@ def _check_int(name: str, v, lo: int) -> None:
         raise ValueError(f"build_item_embeddings: {name} must be an int >= {lo}, got {v!r}")
 
 
+@_torch_threads(1)
 def build_item_embeddings(dataset: Dataset, *, dim: int = 64, fusion: str = "contrastive",
                           seed: int = 0, holdout_fraction: float = 0.1, window: int = 10,
-                          k: int = 10, steps: int = 300, batch_size: int = 512,
-                          lr: float = 3e-3, temperature: float = 0.1, hidden: int = 256,
+                          k: int = 10, steps: int = 200, batch_size: int = 256,
+                          lr: float = 3e-3, temperature: float = 0.05, hidden: int = 256,
                           collab_dropout: float = 0.2,
                           text_encoder: Callable[[list[str]], np.ndarray] | None = None
                           ) -> tuple[np.ndarray, dict]:
@@ -369,11 +376,9 @@ def build_item_embeddings(dataset: Dataset, *, dim: int = 64, fusion: str = "con
             raise ValueError("build_item_embeddings: fusion='contrastive' needs co-engaged pairs "
                              f"in the training interactions, found {fit_pairs.shape[0]}; "
                              "use fusion='content' or more data")
-        with _torch_threads(1):
-            fused, losses = _train_fusion(content, collab, fit_pairs, dim=dim, seed=seed, steps=steps,
-                                          batch_size=batch_size, lr=lr,
-                                          temperature=temperature, hidden=hidden,
-                                          collab_dropout=collab_dropout)
+        fused, losses = _train_fusion(content, collab, fit_pairs, dim=dim, seed=seed, steps=steps,
+                                      batch_size=batch_size, lr=lr, temperature=temperature,
+                                      hidden=hidden, collab_dropout=collab_dropout)
         variants["contrastive"] = fused
         report["loss_first"] = losses[0] if losses else float("nan")
         report["loss_last"] = float(np.mean(losses[-20:])) if losses else float("nan")
