@@ -55,6 +55,8 @@ class SyntheticConfig:
                 raise ValueError(f"synthetic: {f} must be an integer >= 1, got {v!r}")
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
             raise TypeError(f"synthetic: seed must be an int, got {type(self.seed).__name__}")
+        if self.seed < 0:
+            raise ValueError(f"synthetic: seed must be >= 0, got {self.seed}")
         if not isinstance(self.num_interactions, (int, np.integer)) \
                 or self.num_interactions < self.num_users:
             raise ValueError(f"synthetic: num_interactions must be an integer >= num_users "

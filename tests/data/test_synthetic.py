@@ -161,6 +161,7 @@ def test_split_of_tiny_histories():
     (dict(num_users=10, num_interactions=5), ValueError, "num_interactions"),
     (dict(explore_prob=1.5), ValueError, "explore_prob"),
     (dict(seed="x"), TypeError, "seed"),
+    (dict(seed=-1), ValueError, "seed"),
     (dict(num_user=10), TypeError, "num_user"),
 ])
 def test_bad_options_raise_clear_errors(options, exc, words):
