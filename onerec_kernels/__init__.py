@@ -6,6 +6,8 @@ Public API only; every op takes `backend=None | "torch" | "triton" | "cpp" | "cu
 from ._backend import BACKENDS
 from ._native import available as native_available
 from .rq import rq_assign, rq_assign_reference
+from .beam import (BeamSearchResult, SemanticIdTrie, constrained_beam_search,
+                   trie_beam_search_step, trie_beam_step_reference)
 
 __version__ = "0.1.0"
 
@@ -31,3 +33,5 @@ def backends() -> dict:
 
 
 __all__ = ["BACKENDS", "backends", "native_available", "rq_assign", "rq_assign_reference"]
+__all__ += ["BeamSearchResult", "SemanticIdTrie", "constrained_beam_search",
+            "trie_beam_search_step", "trie_beam_step_reference"]
