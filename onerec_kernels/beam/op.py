@@ -77,9 +77,10 @@ def _validate_step(log_probs, beam_scores, beam_states, trie, level, beam_width)
                          f"({trie.vocab_sizes[level]}), got {V}")
     if W * V >= 2 ** 32 - 1:
         raise ValueError(f"{OP}: W_in * V must be < 2^32 - 1 (candidate index), got {W} * {V}")
-    if log_probs.device.type == "cpu" and beam_states.numel():
-        # Ids outside [-1, num_nodes) are an error here; on CUDA (no host sync allowed) the
-        # kernels treat them as dead beams, which is also what the reference does.
+    if log_probs.device.type == "cpu" and beam_states.numel() and not torch.compiler.is_compiling():
+        # Ids outside [-1, num_nodes) are an error here; on CUDA (no host sync allowed) and
+        # under torch.compile (data-dependent) the kernels treat them as dead beams, which is
+        # also what the reference does.
         num_nodes = trie.num_nodes(level)
         bad = ((beam_states < -1) | (beam_states >= num_nodes)).nonzero()
         if bad.numel():
@@ -108,8 +109,8 @@ def trie_beam_search_step(
             then kill their beam). Accumulation is fp32.
         beam_scores: (B, W_in) float32 running scores (-inf: dead beam).
         beam_states: (B, W_in) int64 depth-`level` trie nodes (0 is the root at level 0;
-            -1: dead). On CPU an id outside [-1, num_nodes) raises ValueError; on CUDA it is
-            treated as dead (checking it would need a host sync).
+            -1: dead). On CPU an id outside [-1, num_nodes) raises ValueError; on CUDA (and
+            under torch.compile) it is treated as dead (checking it would need a host sync).
         trie: SemanticIdTrie on log_probs' device. level: 0 <= level < trie.num_levels.
         beam_width: K >= 1 beams out (<= 4096 on the cuda backend).
         backend: "torch" | "cpp" | "cuda" | None (None: cuda on CUDA tensors, cpp on CPU).
