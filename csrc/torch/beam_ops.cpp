@@ -51,7 +51,8 @@ std::vector<at::Tensor> trie_build_cpu(const at::Tensor& codes, at::IntArrayRef 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> trie_beam_step_cpu(
     const at::Tensor& log_probs, const at::Tensor& beam_scores, const at::Tensor& beam_states,
-    const at::Tensor& offsets, const at::Tensor& tokens, int64_t beam_width, bool from_logits) {
+    const at::Tensor& offsets, const at::Tensor& tokens, int64_t beam_width,
+    int64_t /*max_branching: a GPU launch hint*/, bool from_logits) {
   TORCH_CHECK_VALUE(log_probs.dim() == 3, "trie_beam_step: log_probs must be (B, W_in, V), got ",
                     log_probs.sizes());
   const int64_t B = log_probs.size(0), W = log_probs.size(1), V = log_probs.size(2);
@@ -98,7 +99,8 @@ TORCH_LIBRARY_FRAGMENT(onerec_C, m) {
   m.def("trie_build(Tensor codes, int[] vocab_sizes) -> Tensor[]");
   m.def(
       "trie_beam_step(Tensor log_probs, Tensor beam_scores, Tensor beam_states, Tensor offsets, "
-      "Tensor tokens, int beam_width, bool from_logits) -> (Tensor scores, Tensor parents, "
+      "Tensor tokens, int beam_width, int max_branching, bool from_logits) -> (Tensor scores, "
+      "Tensor parents, "
       "Tensor tokens, Tensor states)");
 }
 

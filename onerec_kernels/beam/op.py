@@ -33,7 +33,8 @@ CUDA_MAX_BEAMS = 4096
 
 if _native.available():
     @torch.library.register_fake("onerec_C::trie_beam_step")
-    def _(log_probs, beam_scores, beam_states, offsets, tokens, beam_width, from_logits):
+    def _(log_probs, beam_scores, beam_states, offsets, tokens, beam_width, max_branching,
+          from_logits):
         B = log_probs.shape[0]
         scores = beam_scores.new_empty((B, beam_width))
         ints = [beam_states.new_empty((B, beam_width)) for _ in range(3)]
@@ -137,7 +138,7 @@ def trie_beam_search_step(
         log_probs = log_probs.contiguous()
     return torch.ops.onerec_C.trie_beam_step(log_probs, beam_scores.contiguous(),
                                              beam_states.contiguous(), offsets, tokens,
-                                             beam_width, from_logits)
+                                             beam_width, trie.max_branching(level), from_logits)
 
 
 class BeamSearchResult(NamedTuple):

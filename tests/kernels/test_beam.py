@@ -293,13 +293,13 @@ def test_native_op_guards_memory():
     st = torch.tensor([[0, 1, 7], [-5, 2, 1]])
     offsets = torch.tensor([0, 2, 9, 3])  # node 1's range runs past tokens; node 2 is empty
     tokens = torch.tensor([1, 4, 9, -1, 3])  # 9 and -1 are outside [0, 5)
-    got = torch.ops.onerec_C.trie_beam_step(lp, sc, st, offsets, tokens, 6, False)
+    got = torch.ops.onerec_C.trie_beam_step(lp, sc, st, offsets, tokens, 6, 7, False)
     want = trie_beam_step_reference(lp, sc, st, offsets, tokens, 7, 6)
     _assert_steps_equal(got, want)
     with pytest.raises(ValueError, match="beam_width must be >= 1"):
-        torch.ops.onerec_C.trie_beam_step(lp, sc, st, offsets, tokens, 0, False)
+        torch.ops.onerec_C.trie_beam_step(lp, sc, st, offsets, tokens, 0, 7, False)
     with pytest.raises(ValueError, match="beam_scores must be"):
-        torch.ops.onerec_C.trie_beam_step(lp, sc[:1], st, offsets, tokens, 2, False)
+        torch.ops.onerec_C.trie_beam_step(lp, sc[:1], st, offsets, tokens, 2, 7, False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +407,8 @@ def test_opcheck_trie_beam_step():
         sc = torch.randn(3, W_in, generator=gen)
         st = torch.randint(-1, trie.num_nodes(level), (3, W_in), generator=gen)
         torch.library.opcheck(torch.ops.onerec_C.trie_beam_step.default,
-                              (lp, sc, st, trie.offsets[level], trie.tokens[level], K, logits))
+                              (lp, sc, st, trie.offsets[level], trie.tokens[level], K,
+                               trie.max_branching(level), logits))
 
 
 @needs_native
@@ -428,8 +429,8 @@ def test_torch_compile_step():
     def two_steps(lp0, lp1):
         B = lp0.shape[0]
         sc, par, tok, st = step(lp0, torch.zeros(B, 1), torch.zeros(B, 1, dtype=torch.int64),
-                                trie.offsets[0], trie.tokens[0], 6, False)
-        return step(lp1 * 2.0, sc, st, trie.offsets[1], trie.tokens[1], 6, True)
+                                trie.offsets[0], trie.tokens[0], 6, 16, False)
+        return step(lp1 * 2.0, sc, st, trie.offsets[1], trie.tokens[1], 6, 16, True)
 
     lp0 = torch.randn(4, 1, 16, generator=gen).log_softmax(-1)
     lp1 = torch.randn(4, 6, 16, generator=gen)
