@@ -6,8 +6,6 @@ force over every item. CUDA cases are in test_beam_cuda.py.
 """
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
