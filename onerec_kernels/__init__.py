@@ -6,6 +6,9 @@ Public API only; every op takes `backend=None | "torch" | "triton" | "cpp" | "cu
 from ._backend import BACKENDS
 from ._native import available as native_available
 from .rq import rq_assign, rq_assign_reference
+from .beam import (BeamSearchResult, SemanticIdTrie, constrained_beam_search,
+                   trie_beam_search_step, trie_beam_step_reference)
+from .kmeans import kmeans_step, kmeans_step_reference
 
 __version__ = "0.1.0"
 
@@ -30,9 +33,10 @@ def backends() -> dict:
     return info
 
 
-__all__ = ["BACKENDS", "backends", "native_available", "rq_assign", "rq_assign_reference"]
-
-# k-means step (tokenizer issue 3)
-from .kmeans import kmeans_step, kmeans_step_reference  # noqa: E402
-
-__all__ += ["kmeans_step", "kmeans_step_reference"]
+__all__ = [
+    "BACKENDS", "backends", "native_available",
+    "rq_assign", "rq_assign_reference",
+    "kmeans_step", "kmeans_step_reference",
+    "SemanticIdTrie", "BeamSearchResult", "trie_beam_search_step", "trie_beam_step_reference",
+    "constrained_beam_search",
+]

@@ -1,0 +1,289 @@
+#include "beam_search.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../core/beam_step.h"
+
+namespace onerec {
+namespace cuda {
+
+namespace {
+
+namespace bm = ::onerec::beam;
+
+constexpr int kThreads = 256;
+constexpr int kLseThreads = 256;
+// Candidates per split block when a user's step is cut in two stages.
+constexpr int64_t kCandidatesPerSplit = 8192;
+constexpr int kMaxSplits = 16;
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+int64_t next_pow2(int64_t x) {
+  int64_t p = 1;
+  while (p < x) p <<= 1;
+  return p;
+}
+
+// ---- 1. log-sum-exp of each live (user, beam) row --------------------------------------
+template <typename T>
+__global__ void row_lse_kernel(BeamStepArgs a, float* lse) {
+  const int64_t row = blockIdx.x;  // b * W_in + w
+  int64_t begin;
+  if (bm::live_child_count(a.offsets, a.num_nodes, a.num_children, a.beam_states[row],
+                           a.beam_scores[row], a.vocab, &begin) == 0) {
+    return;  // dead beam: its lse is never read
+  }
+  const T* x = static_cast<const T*>(a.log_probs) + row * a.vocab;
+  __shared__ float red[kLseThreads / 32];
+  float m = -INFINITY;
+  for (int64_t i = threadIdx.x; i < a.vocab; i += blockDim.x) m = fmaxf(m, to_float(x[i]));
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = red[0];
+  for (int i = 1; i < kLseThreads / 32; ++i) m = fmaxf(m, red[i]);
+  __syncthreads();
+  float s = 0.f;  // a NaN anywhere makes the sum NaN, and the beam's candidates invalid
+  for (int64_t i = threadIdx.x; i < a.vocab; i += blockDim.x) s += __expf(to_float(x[i]) - m);
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float tot = 0.f;
+    for (int i = 0; i < kLseThreads / 32; ++i) tot += red[i];
+    lse[row] = m + __logf(tot);
+  }
+}
+
+// ---- block-wide top-k of keys produced by key_at(i), i in [0, n) -------------------------
+struct SelectShared {
+  unsigned int hist[bm::kRadixBins];
+  bm::RadixState st;
+  unsigned int count;
+};
+
+template <typename KeyAt>
+__device__ void block_topk(const KeyAt& key_at, int64_t n, int64_t k, int k_pad, uint64_t* sel,
+                           SelectShared& sh) {
+  if (threadIdx.x == 0) {
+    sh.st = bm::radix_init(k);
+    sh.count = 0;
+  }
+  __syncthreads();
+  while (!sh.st.done) {
+    for (int d = threadIdx.x; d < bm::kRadixBins; d += blockDim.x) sh.hist[d] = 0;
+    __syncthreads();
+    const bm::RadixState st = sh.st;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const uint64_t key = key_at(i);
+      if (bm::radix_in_play(st, key)) atomicAdd(&sh.hist[bm::radix_digit(st, key)], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) bm::radix_pick(sh.st, sh.hist);
+    __syncthreads();
+  }
+  const bm::RadixState st = sh.st;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const uint64_t key = key_at(i);
+    if (bm::radix_selected(st, key)) sel[atomicAdd(&sh.count, 1u)] = key;  // at most k of them
+  }
+  __syncthreads();
+  for (int i = sh.count + threadIdx.x; i < k_pad; i += blockDim.x) sel[i] = bm::kInvalidKey;
+  __syncthreads();
+  // Bitonic sort, descending (keys are unique, so the order is total).
+  for (int size = 2; size <= k_pad; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < k_pad; i += blockDim.x) {
+        const int partner = i ^ stride;
+        if (partner > i) {
+          const uint64_t x = sel[i], y = sel[partner];
+          const bool descending = (i & size) == 0;
+          if (descending ? (x < y) : (x > y)) {
+            sel[i] = y;
+            sel[partner] = x;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// ---- 2. candidates of one user (or one split of them) -> top k --------------------------
+template <typename T>
+struct CandidateKeys {
+  const T* lp;              // this user's (W_in, V) rows
+  const int64_t* tokens;    // the level's child tokens
+  const int64_t* scan;      // (W_in + 1,) exclusive prefix sum of child counts, in smem
+  const int64_t* begin;     // (W_in,) first child of each beam, in smem
+  const float* bscore;      // (W_in,)
+  const float* lse;         // (W_in,)
+  int64_t beams_in, vocab, base;
+
+  __device__ uint64_t operator()(int64_t i) const {
+    const int64_t c = base + i;
+    int64_t lo = 0, hi = beams_in;  // largest w with scan[w] <= c
+    while (hi - lo > 1) {
+      const int64_t mid = (lo + hi) >> 1;
+      if (scan[mid] <= c) lo = mid; else hi = mid;
+    }
+    const int64_t w = lo, j = c - scan[w];
+    const int64_t tok = tokens[begin[w] + j];
+    if (tok < 0 || tok >= vocab) return bm::kInvalidKey;
+    return bm::candidate_key(bscore[w], to_float(lp[w * vocab + tok]), lse[w], w, j, vocab);
+  }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+select_kernel(BeamStepArgs a, const float* lse_all, uint64_t* split_keys, int num_splits,
+              int k_pad) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int64_t W = a.beams_in, b = blockIdx.x, s = blockIdx.y;
+  int64_t* scan = reinterpret_cast<int64_t*>(smem);            // W + 1
+  int64_t* begin = scan + (W + 1);                               // W
+  uint64_t* sel = reinterpret_cast<uint64_t*>(begin + W);       // k_pad
+  int64_t* tsum = reinterpret_cast<int64_t*>(sel + k_pad);      // kThreads
+  float* bscore = reinterpret_cast<float*>(tsum + kThreads);    // W
+  float* lse = bscore + W;                                      // W
+  __shared__ SelectShared sh;
+
+  const float* bs_user = a.beam_scores + b * W;
+  const int64_t* st_user = a.beam_states + b * W;
+  // Per-beam tables, and the prefix sum of child counts over contiguous chunks of beams.
+  const int64_t chunk = (W + kThreads - 1) / kThreads;
+  const int64_t w0 = threadIdx.x * chunk, w1 = w0 + chunk < W ? w0 + chunk : W;
+  int64_t local = 0;
+  for (int64_t w = w0; w < w1; ++w) {
+    int64_t first;
+    const int64_t cnt = bm::live_child_count(a.offsets, a.num_nodes, a.num_children, st_user[w],
+                                             bs_user[w], a.vocab, &first);
+    begin[w] = first;
+    bscore[w] = bs_user[w];
+    lse[w] = (a.from_logits && cnt > 0) ? lse_all[b * W + w] : 0.f;
+    scan[w] = cnt;  // count for now
+    local += cnt;
+  }
+  tsum[threadIdx.x] = local;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int64_t run = 0;
+    for (int i = 0; i < kThreads; ++i) {
+      const int64_t v = tsum[i];
+      tsum[i] = run;
+      run += v;
+    }
+    scan[W] = run;
+  }
+  __syncthreads();
+  int64_t run = tsum[threadIdx.x];
+  for (int64_t w = w0; w < w1; ++w) {
+    const int64_t cnt = scan[w];
+    scan[w] = run;
+    run += cnt;
+  }
+  __syncthreads();
+
+  const int64_t total = scan[W];
+  const int64_t lo = total * s / num_splits, hi = total * (s + 1) / num_splits;
+  CandidateKeys<T> keys{static_cast<const T*>(a.log_probs) + b * W * a.vocab, a.tokens, scan,
+                        begin, bscore, lse, W, a.vocab, lo};
+  block_topk(keys, hi - lo, a.beams_out, k_pad, sel, sh);
+
+  const int64_t K = a.beams_out;
+  if (num_splits > 1) {
+    uint64_t* out = split_keys + (b * num_splits + s) * K;
+    for (int64_t r = threadIdx.x; r < K; r += blockDim.x) out[r] = sel[r];
+    return;
+  }
+  for (int64_t r = threadIdx.x; r < K; r += blockDim.x) {
+    const int64_t o = b * K + r;
+    bm::write_slot(sel[r], st_user, a.offsets, a.tokens, a.vocab, a.scores + o, a.parents + o,
+                   a.tokens_out + o, a.states + o);
+  }
+}
+
+// ---- 3. merge of the splits' top lists ----------------------------------------------------
+struct ListKeys {
+  const uint64_t* keys;
+  __device__ uint64_t operator()(int64_t i) const { return keys[i]; }
+};
+
+__global__ void __launch_bounds__(kThreads)
+merge_kernel(BeamStepArgs a, const uint64_t* split_keys, int num_splits, int k_pad) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint64_t* sel = reinterpret_cast<uint64_t*>(smem);
+  __shared__ SelectShared sh;
+  const int64_t b = blockIdx.x, K = a.beams_out;
+  ListKeys keys{split_keys + b * num_splits * K};
+  block_topk(keys, num_splits * K, K, k_pad, sel, sh);
+  const int64_t* st_user = a.beam_states + b * a.beams_in;
+  for (int64_t r = threadIdx.x; r < K; r += blockDim.x) {
+    const int64_t o = b * K + r;
+    bm::write_slot(sel[r], st_user, a.offsets, a.tokens, a.vocab, a.scores + o, a.parents + o,
+                   a.tokens_out + o, a.states + o);
+  }
+}
+
+template <typename T>
+cudaError_t launch(const BeamStepArgs& a, void* workspace, cudaStream_t stream) {
+  const int S = beam_step_num_splits(a);
+  const int k_pad = static_cast<int>(next_pow2(a.beams_out));
+  float* lse = static_cast<float*>(workspace);
+  const size_t lse_bytes = a.from_logits ? ((a.batch * a.beams_in * sizeof(float) + 7) / 8) * 8 : 0;
+  uint64_t* split_keys = reinterpret_cast<uint64_t*>(static_cast<char*>(workspace) + lse_bytes);
+  if (a.from_logits) {
+    row_lse_kernel<T><<<static_cast<unsigned>(a.batch * a.beams_in), kLseThreads, 0, stream>>>(a, lse);
+  }
+  const size_t W = static_cast<size_t>(a.beams_in);
+  const size_t smem = (W + 1) * 8 + W * 8 + static_cast<size_t>(k_pad) * 8 + kThreads * 8 + W * 8;
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(select_kernel<T>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
+  dim3 grid(static_cast<unsigned>(a.batch), static_cast<unsigned>(S));
+  select_kernel<T><<<grid, kThreads, smem, stream>>>(a, lse, split_keys, S, k_pad);
+  if (S > 1) {
+    const size_t msmem = static_cast<size_t>(k_pad) * 8;
+    merge_kernel<<<static_cast<unsigned>(a.batch), kThreads, msmem, stream>>>(a, split_keys, S, k_pad);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+int beam_step_num_splits(const BeamStepArgs& a) {
+  if (a.beams_out < 512) return 1;
+  const int64_t cands = a.beams_in * (a.max_branching > 0 ? a.max_branching : 1);
+  int64_t s = (cands + kCandidatesPerSplit - 1) / kCandidatesPerSplit;
+  if (s < 1) s = 1;
+  if (s > kMaxSplits) s = kMaxSplits;
+  return static_cast<int>(s);
+}
+
+size_t beam_step_workspace_bytes(const BeamStepArgs& a) {
+  size_t bytes = a.from_logits ? ((a.batch * a.beams_in * sizeof(float) + 7) / 8) * 8 : 0;
+  const int S = beam_step_num_splits(a);
+  if (S > 1) bytes += static_cast<size_t>(a.batch) * S * a.beams_out * sizeof(uint64_t);
+  return bytes;
+}
+
+cudaError_t beam_step_cuda(const BeamStepArgs& a, void* workspace, cudaStream_t stream) {
+  if (a.batch <= 0 || a.beams_out <= 0 || a.beams_in <= 0) return cudaSuccess;
+  if (a.beams_in > kMaxBeams || a.beams_out > kMaxBeams) return cudaErrorInvalidValue;
+  switch (a.dtype) {
+    case ScoreDType::kFloat32: return launch<float>(a, workspace, stream);
+    case ScoreDType::kFloat16: return launch<__half>(a, workspace, stream);
+    case ScoreDType::kBFloat16: return launch<__nv_bfloat16>(a, workspace, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace onerec
