@@ -27,10 +27,10 @@ void kmeans_step_cpu(const float* x, const float* centroids, int64_t n, int64_t 
   if (n <= 0) return;
   if (num_threads <= 0) num_threads = default_num_threads();
 
-  std::vector<float> cb_t(static_cast<size_t>(k * d));
+  std::vector<float> panels(static_cast<size_t>(panel_floats(k, d)));
   std::vector<float> norms(static_cast<size_t>(k));
-  prepare_codebook(centroids, k, d, cb_t.data(), norms.data());
-  const PreparedCodebook cb{cb_t.data(), norms.data(), k, d};
+  prepare_codebook(centroids, k, d, panels.data(), norms.data());
+  const PreparedCodebook cb{panels.data(), norms.data(), k, d};
 
   // Workers: at most one per row block, one per thread, and within the partial-sum budget.
   const int64_t per_worker_bytes = k * d * static_cast<int64_t>(sizeof(double));
