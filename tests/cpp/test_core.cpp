@@ -8,17 +8,8 @@
 #include <vector>
 
 #include "core/rq_assign.h"
+#include "check.h"
 
-static int g_failures = 0;
-#define CHECK(cond, ...)                                   \
-  do {                                                     \
-    if (!(cond)) {                                         \
-      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);                   \
-      std::fprintf(stderr, "\n");                          \
-      ++g_failures;                                        \
-    }                                                      \
-  } while (0)
 
 // Brute force in double, one row at a time: the oracle for the threaded float core.
 static void rq_brute(const std::vector<float>& x, const std::vector<float>& cb, int64_t n,

@@ -9,17 +9,8 @@
 #include <vector>
 
 #include "core/kmeans.h"
+#include "check.h"
 
-static int g_failures = 0;
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);                        \
-      std::fprintf(stderr, "\n");                               \
-      ++g_failures;                                             \
-    }                                                           \
-  } while (0)
 
 struct StepOut {
   std::vector<int64_t> assign;

@@ -14,17 +14,8 @@
 #include "core/beam_search.h"
 #include "core/beam_step.h"
 #include "core/trie.h"
+#include "check.h"
 
-static int g_failures = 0;
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);                        \
-      std::fprintf(stderr, "\n");                               \
-      ++g_failures;                                             \
-    }                                                           \
-  } while (0)
 
 namespace bm = onerec::beam;
 
