@@ -67,6 +67,82 @@ def cmd_rq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_quality(q: dict) -> None:
+    print(f"tokenizer: {q['num_items']} items, {q['num_levels']} levels x {q['codebook_sizes']} codes; "
+          f"relative error {q['relative_error']:.4f}, MSE {q['reconstruction_mse']:.5f}")
+    for lv, row in enumerate(q["per_level"]):
+        print(f"  level {lv}: used {row['used']}/{row['codebook_size']} "
+              f"(utilization {row['utilization']:.1%}), perplexity {row['perplexity']:.1f}, "
+              f"largest cluster {row['largest_cluster_share']:.1%}, "
+              f"relative error after {row['relative_error_after']:.4f}")
+    print(f"  collisions: raw {q['raw_collision_rate']:.2%} -> after resolution "
+          f"{q.get('collision_rate_after', float('nan')):.2%} "
+          f"({q.get('num_reassigned', 0)} items re-assigned)")
+
+
+def _tokenize(args: argparse.Namespace):
+    from onerec.data import load_dataset
+    from onerec.data.embeddings import format_report
+    from onerec.pipeline import build_semantic_ids
+
+    t0 = time.perf_counter()
+    ds = load_dataset(args.data)
+    print(ds.summary(), f"[{time.perf_counter() - t0:.1f} s]")
+    sids = build_semantic_ids(ds, dim=args.dim, fusion=args.fusion, num_levels=args.levels,
+                              codebook_size=args.codebook_size, balanced=args.balanced,
+                              iters=args.iters, seed=args.seed, backend=args.backend)
+    print(format_report(sids.embedding_report))
+    _print_quality(sids.quality)
+    print(f"  [embeddings {sids.seconds['embeddings']:.1f} s, tokenizer "
+          f"{sids.seconds['tokenizer']:.1f} s]")
+    if args.out:
+        import json
+        import os
+
+        os.makedirs(args.out, exist_ok=True)
+        sids.tokenizer.save(os.path.join(args.out, "tokenizer.rqk"))
+        codes, item_ids = sids.table.export()
+        torch.save({"codes": codes, "item_ids": item_ids,
+                    "codebook_sizes": list(sids.tokenizer.codebook_sizes)},
+                   os.path.join(args.out, "semantic_ids.pt"))
+        with open(os.path.join(args.out, "tokenizer_report.json"), "w") as f:
+            json.dump({"quality": sids.quality, "embeddings": sids.embedding_report}, f,
+                      indent=1, default=float)
+        print(f"saved tokenizer.rqk, semantic_ids.pt, tokenizer_report.json to {args.out}")
+    return ds, sids
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    """Item embeddings + RQ-KMeans tokenizer + one-to-one semantic-ID table, with its report."""
+    _tokenize(args)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The main job on the chosen data (default: the embedded synthetic generator): tokenizer,
+    trie, and trie-constrained generation for the held-out users (recall of their test item)."""
+    from onerec.pipeline import build_trie, generate_for_split
+
+    import onerec_kernels as ok
+
+    dev = _device(args.device)
+    print(f"onerec run: data={args.data} device={dev} native={ok.native_available()}")
+    ds, sids = _tokenize(args)
+    trie = build_trie(sids, dev)
+    print(f"trie: {trie.num_items} items, levels {trie.num_levels}, "
+          f"max branching {[trie.max_branching(t) for t in range(trie.num_levels)]}")
+    gen = generate_for_split(ds, sids, trie, split="test", beam_width=args.beam_width,
+                             max_users=args.max_users, backend=args.beam_backend)
+    users = len(gen.users)
+    print(f"generation: {users} users x {args.beam_width} beams in {gen.seconds * 1e3:.1f} ms "
+          f"(history-code prior as the model; backend={args.beam_backend or 'default'}); "
+          f"legal items {gen.legal_fraction:.1%}; recall@{args.beam_width} of the held-out "
+          f"item {gen.recall:.3f}")
+    for u, tgt, row in list(zip(gen.users, gen.targets, gen.item_ids.tolist()))[:3]:
+        print(f"  user {u}: held-out item {tgt}; generated {row[:8]}...")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onerec", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -85,17 +161,30 @@ def build_parser() -> argparse.ArgumentParser:
     rq.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     rq.set_defaults(func=cmd_rq)
 
-    run = sub.add_parser("run", help="the main job on the embedded default (synthetic data)")
+    def tokenizer_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data", default="synthetic", help="synthetic | ml-100k:PATH")
+        sp.add_argument("--dim", type=int, default=64, help="item embedding size")
+        sp.add_argument("--fusion", default="contrastive",
+                        choices=["contrastive", "concat", "content", "collaborative"])
+        sp.add_argument("--levels", type=int, default=3)
+        sp.add_argument("--codebook-size", type=int, default=32)
+        sp.add_argument("--iters", type=int, default=20)
+        sp.add_argument("--balanced", action="store_true", help="size-constrained k-means")
+        sp.add_argument("--out", default=None, help="folder for tokenizer + semantic IDs")
+
+    tok = sub.add_parser("tokenize", help="item embeddings + RQ-KMeans tokenizer + semantic IDs")
+    common(tok)
+    tokenizer_args(tok)
+    tok.set_defaults(func=cmd_tokenize)
+
+    run = sub.add_parser("run", help="the main job: tokenizer, trie, constrained generation")
     common(run)
+    tokenizer_args(run)
+    run.add_argument("--beam-width", type=int, default=32)
+    run.add_argument("--max-users", type=int, default=None)
+    run.add_argument("--beam-backend", default=None, help="torch | cpp | cuda (default: fastest)")
     run.set_defaults(func=cmd_run)
     return p
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """The main job. Today: the RQ assignment stage; later stages join as they land."""
-    ns = build_parser().parse_args(["rq", "--device", args.device, "--seed", str(args.seed)]
-                                   + (["--backend", args.backend] if args.backend else []))
-    return cmd_rq(ns)
 
 
 def main(argv: list[str] | None = None) -> int:
