@@ -419,16 +419,17 @@ def test_opcheck_trie_build():
 
 @needs_native
 def test_torch_compile_step():
-    """Two chained steps of the native op trace into one graph (fake kernel, no graph break)."""
+    """Two chained public steps (validation, backend choice, native op) trace into one graph."""
     gen = _gen(33)
     trie = SemanticIdTrie(random_codes(300, 2, 16, gen, True), 16)
-    step = torch.ops.onerec_C.trie_beam_step
 
     def two_steps(lp0, lp1):
         B = lp0.shape[0]
-        sc, par, tok, st = step(lp0, torch.zeros(B, 1), torch.zeros(B, 1, dtype=torch.int64),
-                                trie.offsets[0], trie.tokens[0], 6, 16, False)
-        return step(lp1 * 2.0, sc, st, trie.offsets[1], trie.tokens[1], 6, 16, True)
+        sc, par, tok, st = trie_beam_search_step(
+            lp0, torch.zeros(B, 1), torch.zeros(B, 1, dtype=torch.int64), trie, 0, 6,
+            backend="cpp")
+        return trie_beam_search_step(lp1 * 2.0, sc, st, trie, 1, 6, from_logits=True,
+                                     backend="cpp")
 
     lp0 = torch.randn(4, 1, 16, generator=gen).log_softmax(-1)
     lp1 = torch.randn(4, 6, 16, generator=gen)
