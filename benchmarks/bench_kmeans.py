@@ -14,19 +14,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import common
 import onerec_kernels as ok
 from common import (cpu_time_ms, gpu_time_ms, measured_bf16_peak_tflops, quick, record,
                     requires_cuda, run_timed, tflops)
 from onerec.tokenizer import RQKMeansTokenizer
 
 CHUNK = 65536
-_emit = getattr(common, "emit", None)  # JSON-lines sink of the device script, when present
-
-
-def emit(name, **fields):
-    if _emit is not None:
-        _emit(name, **fields)
 
 
 def anchor_fp32(x, c):
@@ -84,7 +77,6 @@ def test_kmeans_step_gpu(benchmark, dtype):
     if extra["assignment_agreement"] == 1.0:
         extra["counts_equal"] = bool(torch.equal(counts, ref[2]))
     record(benchmark, **extra)
-    emit(f"kmeans_step {extra['dtype']}", **extra)
     run_timed(benchmark, lambda: (ours(), torch.cuda.synchronize()), ms)
 
 
@@ -115,7 +107,6 @@ def test_kmeans_fit_gpu(benchmark):
              "inertia": tok.fit_stats_[0]["inertia"],
              "reference_inertia": ref.fit_stats_[0]["inertia"]}
     record(benchmark, **extra)
-    emit("kmeans fit", **extra)
     run_timed(benchmark, lambda: None, ms)
 
 
@@ -132,7 +123,6 @@ def test_kmeans_step_cpu(benchmark, n, d, k):
              "reference_ms": ref_ms, "cpp_gflops": flops / cpp_ms / 1e6,
              "speedup_vs_reference": ref_ms / cpp_ms}
     record(benchmark, **extra)
-    emit(f"kmeans_step cpu N={n} D={d} K={k}", **extra)
     run_timed(benchmark, lambda: ok.kmeans_step(x, c, backend="cpp"), cpp_ms)
 
 
@@ -149,5 +139,4 @@ def test_kmeans_fit_cpu(benchmark):
     extra = {"N": n, "D": d, "K": k, "L": 3, "iters": 10, "cpp_fit_ms": cpp_ms,
              "reference_fit_ms": ref_ms, "speedup_vs_reference": ref_ms / cpp_ms}
     record(benchmark, **extra)
-    emit("kmeans fit cpu", **extra)
     run_timed(benchmark, lambda: None, cpp_ms)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import onerec_kernels as ok
-from common import (cpu_time_ms, emit, gpu_time_ms, measured_bf16_peak_tflops, quick, record,
+from common import (cpu_time_ms, gpu_time_ms, measured_bf16_peak_tflops, quick, record,
                     requires_cuda, run_timed, tflops)
 
 CHUNK = 65536
@@ -90,7 +90,6 @@ def test_rq_assign_gpu(benchmark, d):
         extra[f"speedup_vs_{name}"] = a_ms / ms
     extra["row_agreement_vs_bf16_anchor"] = (codes == anchor_bf16_gemm(x, codebooks)).all(1).float().mean().item()
     record(benchmark, **extra)
-    emit(f"rq_assign D={d}", **extra)
     run_timed(benchmark, lambda: (ours(), torch.cuda.synchronize()), ms)
 
 
@@ -108,5 +107,4 @@ def test_rq_assign_cpu(benchmark, n, d, k):
              "cpp_ms": cpp_ms, "reference_ms": ref_ms, "cpp_gflops": flops / cpp_ms / 1e6,
              "speedup_vs_reference": ref_ms / cpp_ms}
     record(benchmark, **extra)
-    emit(f"rq_assign cpu N={n} D={d} K={k}", **extra)
     run_timed(benchmark, lambda: ok.rq_assign(x, codebooks, backend="cpp"), cpp_ms)

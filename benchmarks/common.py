@@ -64,9 +64,11 @@ def tflops(flops: float, ms: float) -> float:
 
 
 def record(benchmark, **extra) -> None:
-    """Put the numbers in pytest-benchmark's extra_info (floats rounded for the JSON)."""
+    """Put the numbers in pytest-benchmark's extra_info (floats rounded for the JSON) and, when
+    ONEREC_BENCH_OUT is set, one row for the device script's table (see emit)."""
     for key, value in extra.items():
         benchmark.extra_info[key] = round(value, 4) if isinstance(value, float) else value
+    emit(getattr(benchmark, "name", "benchmark"), **extra)
 
 
 def run_timed(benchmark, fn: Callable[[], object], ms: float) -> None:
