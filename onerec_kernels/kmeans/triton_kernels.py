@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..rq.triton_kernels import _configs, dot_input_precision, nearest_code_tile
+from ..rq.triton_kernels import _configs, dot_input_precision, launch, nearest_code_tile
 
 
 # reset_to_zero: autotuning runs the kernel once per config (and repeatedly), and every run adds
@@ -47,6 +47,7 @@ def _kmeans_step_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    FLAT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -55,7 +56,7 @@ def _kmeans_step_kernel(
     x_rows = x_ptr + rows64[:, None] * stride_xn
 
     _, best_idx = nearest_code_tile(x_rows, c_ptr, cnorm_ptr, row_mask, D, K, INPUT_PRECISION,
-                                    BLOCK_N, BLOCK_K, BLOCK_D)
+                                    BLOCK_N, BLOCK_K, BLOCK_D, FLAT)
     idx64 = best_idx.to(tl.int64)
     tl.store(assign_ptr + rows64, idx64, mask=row_mask)
 
@@ -76,11 +77,12 @@ def _kmeans_step_kernel(
     tl.atomic_add(inertia_ptr, tl.sum(tl.where(row_mask, sq, 0.0), axis=0), sem="relaxed")
 
 
-def kmeans_step_triton(x: torch.Tensor, centroids: torch.Tensor
+def kmeans_step_triton(x: torch.Tensor, centroids: torch.Tensor, *, config: dict | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the fused kernel. x (N, D) with unit column stride, centroids (K, D) contiguous,
     same dtype; 1 <= N < 2^31 (checked by the caller). Returns assignments (N,) int64, sums
-    (K, D) fp32, counts (K,) int64, inertia 0-d fp32."""
+    (K, D) fp32, counts (K,) int64, inertia 0-d fp32. config: force one tile config (see
+    rq.triton_kernels.launch) instead of autotuning."""
     n, d = x.shape
     k = centroids.shape[0]
     c_norm = centroids.float().square().sum(dim=-1).contiguous()
@@ -89,8 +91,6 @@ def kmeans_step_triton(x: torch.Tensor, centroids: torch.Tensor
     counts = torch.zeros((k,), dtype=torch.int32, device=x.device)
     inertia = torch.zeros((1,), dtype=torch.float32, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _kmeans_step_kernel[grid](
-        x, centroids, c_norm, assignments, sums, counts, inertia, n, d, k, x.stride(0),
-        INPUT_PRECISION=dot_input_precision(x.dtype),
-    )
+    launch(_kmeans_step_kernel, grid, x, centroids, c_norm, assignments, sums, counts, inertia,
+           n, d, k, x.stride(0), INPUT_PRECISION=dot_input_precision(x.dtype), config=config)
     return assignments, sums, counts.to(torch.int64), inertia.reshape(())

@@ -14,8 +14,16 @@ fp32 keeps the residual exact across levels; it is rounded to the input dtype on
 tensor-core operand.
 
 FLOPs: 2*N*K*D per level (the norm trick); minimum bytes: read x and the codebooks once, write
-the codes (and the residual if asked). At production sizes (K = 8192, D >= 512) it is compute
-bound (~2*K/ (bytes per row) >> 200 FLOP/B).
+the codes (and the residual if asked): at N=1M, K=8192, D=512 that is ~26 TFLOP against ~1 GB,
+so HBM is no limit. L2 is the one to watch: every program streams the whole level codebook
+(K*D*2 bytes) and rereads its own A rows once per code tile, i.e. per (BLOCK_N x BLOCK_K) output
+tile 2*BLOCK_N*BLOCK_K*D FLOPs for (BLOCK_N + BLOCK_K)*D*2 bytes: 64 FLOP/B at 128x128, 85 at
+128x256 (what cuBLAS-class GEMMs run at), so the large tiles are in the autotune list.
+
+Two loop shapes, both in the autotune list (FLAT): nested (code tiles outside, D slices inside:
+the software pipeline restarts at every code tile) and flat (one loop over code tile x D slice
+with the argmin epilogue under `if` at the last slice, the persistent-matmul pattern: the
+pipeline never drains). Which wins depends on D/BLOCK_D and is left to the autotuner.
 """
 from __future__ import annotations
 
@@ -28,18 +36,48 @@ from .._backend import triton_interpret
 # Tile configs are data: GPU candidates for autotune (keyed on D, K, L and, implicitly, the
 # dtypes; N is left out so a new batch size never retunes), and one small
 # config for the CPU interpreter (autotune there accepts a single config only).
-_CUDA_CONFIGS = [
-    triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_N": 128, "BLOCK_K": 256, "BLOCK_D": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_N": 256, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 32}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=4, num_stages=3),
+_CUDA_TILES = [  # (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages)
+    (128, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3),
+    (256, 128, 64, 8, 3),
+    (128, 128, 32, 4, 4),
+    (64, 128, 64, 4, 3),
 ]
-_INTERPRET_CONFIGS = [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_D": 64})]
+_CUDA_CONFIGS = [
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "FLAT": flat},
+                  num_warps=warps, num_stages=stages)
+    for bn, bk, bd, warps, stages in _CUDA_TILES for flat in (False, True)
+]
+_INTERPRET_CONFIGS = [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_D": 64, "FLAT": True})]
 
 
 def _configs():
     return _INTERPRET_CONFIGS if triton_interpret() else _CUDA_CONFIGS
+
+
+@triton.jit
+def _score_slice(acc, a_rows, cb_ptr, row_mask, ks, ds, D, K, op_dtype: tl.constexpr,
+                 INPUT_PRECISION: tl.constexpr):
+    """acc += a[:, ds] @ codebook[ks, ds]^T for one (code tile, D slice)."""
+    d_mask = ds < D
+    a = tl.load(a_rows + ds[None, :], mask=row_mask[:, None] & d_mask[None, :],
+                other=0.0).to(op_dtype)
+    b = tl.load(cb_ptr + ks[None, :].to(tl.int64) * D + ds[:, None],
+                mask=(ks < K)[None, :] & d_mask[:, None], other=0.0)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val, best_idx):
+    """Fold one code tile's dot products into the running (min, argmin) of each row."""
+    ks = k0 + offs_k
+    c_norm = tl.load(cnorm_ptr + ks, mask=ks < K, other=float("inf"))
+    scores = c_norm[None, :] - 2.0 * acc
+    tile_min = tl.min(scores, axis=1)
+    tile_arg = tl.argmin(scores, axis=1, tie_break_left=True)
+    # Strict '<': an earlier tile keeps ties, so the lowest index wins overall.
+    better = tile_min < best_val
+    return tl.where(better, tile_min, best_val), tl.where(better, tile_arg + k0, best_idx)
 
 
 @triton.jit
@@ -54,6 +92,7 @@ def nearest_code_tile(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    FLAT: tl.constexpr,
 ):
     """Nearest code of BLOCK_N rows: streams the codebook in BLOCK_K-code tiles, scores
     ||c||^2 - 2 a.c with a tiled tl.dot over D (fp32 accumulation) and keeps a running
@@ -66,26 +105,25 @@ def nearest_code_tile(
     op_dtype = cb_ptr.dtype.element_ty
     best_val = tl.full((BLOCK_N,), float("inf"), tl.float32)
     best_idx = tl.zeros((BLOCK_N,), tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + offs_k
-        k_mask = ks < K
+    if FLAT:
+        num_d = tl.cdiv(D, BLOCK_D)
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            ds = d0 + offs_d
-            d_mask = ds < D
-            a = tl.load(a_rows + ds[None, :], mask=row_mask[:, None] & d_mask[None, :],
-                        other=0.0).to(op_dtype)
-            b = tl.load(cb_ptr + ks[None, :].to(tl.int64) * D + ds[:, None],
-                        mask=k_mask[None, :] & d_mask[:, None], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-        c_norm = tl.load(cnorm_ptr + ks, mask=k_mask, other=float("inf"))
-        scores = c_norm[None, :] - 2.0 * acc
-        tile_min = tl.min(scores, axis=1)
-        tile_arg = tl.argmin(scores, axis=1, tie_break_left=True)
-        # Strict '<': an earlier tile keeps ties, so the lowest index wins overall.
-        better = tile_min < best_val
-        best_val = tl.where(better, tile_min, best_val)
-        best_idx = tl.where(better, tile_arg + k0, best_idx)
+        for it in range(0, tl.cdiv(K, BLOCK_K) * num_d):
+            k0 = (it // num_d) * BLOCK_K
+            d_it = it % num_d
+            acc = _score_slice(acc, a_rows, cb_ptr, row_mask, k0 + offs_k, d_it * BLOCK_D + offs_d,
+                               D, K, op_dtype, INPUT_PRECISION)
+            if d_it == num_d - 1:
+                best_val, best_idx = _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val,
+                                                    best_idx)
+                acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                acc = _score_slice(acc, a_rows, cb_ptr, row_mask, k0 + offs_k, d0 + offs_d, D, K,
+                                   op_dtype, INPUT_PRECISION)
+            best_val, best_idx = _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val, best_idx)
     return best_val, best_idx
 
 
@@ -107,6 +145,7 @@ def _rq_assign_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    FLAT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -123,11 +162,11 @@ def _rq_assign_kernel(
         if level == 0:
             best_val, best_idx = nearest_code_tile(x_rows, cb_level, cnorm_ptr + level * K,
                                                    row_mask, D, K, INPUT_PRECISION,
-                                                   BLOCK_N, BLOCK_K, BLOCK_D)
+                                                   BLOCK_N, BLOCK_K, BLOCK_D, FLAT)
         else:
             best_val, best_idx = nearest_code_tile(res_rows, cb_level, cnorm_ptr + level * K,
                                                    row_mask, D, K, INPUT_PRECISION,
-                                                   BLOCK_N, BLOCK_K, BLOCK_D)
+                                                   BLOCK_N, BLOCK_K, BLOCK_D, FLAT)
         tl.store(codes_ptr + rows64 * L + level, best_idx.to(tl.int64), mask=row_mask)
 
         if (level < L - 1) or WRITE_LAST_RESIDUAL:
@@ -151,11 +190,21 @@ def dot_input_precision(dtype: torch.dtype) -> str:
     return "ieee"  # fp16/bf16 operands: exact products, fp32 accumulation
 
 
-def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor,
-                     write_residual: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def launch(kernel, grid, *args, config: dict | None = None, **kwargs) -> None:
+    """Launch an autotuned kernel, or, with `config` (tile meta-parameters), its plain JIT
+    function with exactly that config: how tests cover every loop shape in the interpreter."""
+    if config is None:
+        kernel[grid](*args, **kwargs)
+    else:
+        kernel.fn[grid](*args, **kwargs, **config)
+
+
+def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor, write_residual: bool, *,
+                     config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the fused kernel. x (N, D) with unit column stride, codebooks (L, K, D)
     contiguous, same dtype; N >= 1 (checked by the caller). Returns codes (N, L) int64 and, when
-    write_residual, the final residual (N, D) in x's dtype (else None)."""
+    write_residual, the final residual (N, D) in x's dtype (else None). config: force one tile
+    config (dict of BLOCK_N, BLOCK_K, BLOCK_D, FLAT) instead of autotuning."""
     n, d = x.shape
     num_levels, k, _ = codebooks.shape
     c_norm = codebooks.float().square().sum(dim=-1).contiguous()
@@ -163,8 +212,7 @@ def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor,
     residual = torch.empty((n, d), dtype=torch.float32, device=x.device)
     precision = dot_input_precision(x.dtype)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _rq_assign_kernel[grid](
-        x, codebooks, c_norm, codes, residual, n, d, k, x.stride(0),
-        L=num_levels, WRITE_LAST_RESIDUAL=write_residual, INPUT_PRECISION=precision,
-    )
+    launch(_rq_assign_kernel, grid, x, codebooks, c_norm, codes, residual, n, d, k, x.stride(0),
+           L=num_levels, WRITE_LAST_RESIDUAL=write_residual, INPUT_PRECISION=precision,
+           config=config)
     return codes, (residual.to(x.dtype) if write_residual else None)

@@ -202,3 +202,21 @@ def test_torch_compile(backend):
     want_codes, want_res = ok.rq_assign(x, codebooks, return_residual=True, backend=backend)
     torch.testing.assert_close(codes, want_codes)
     torch.testing.assert_close(err, want_res.square().sum(dim=1))
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["nested", "flat"])
+@pytest.mark.parametrize("tiles", [(16, 16, 16), (32, 64, 32)], ids=["small", "wide"])
+def test_every_loop_shape_of_the_triton_kernel(flat, tiles, seed):
+    """Both loop shapes of the autotune list, forced, on shapes that leave ragged tiles in N, K
+    and D (the autotuner picks between them on a GPU; the interpreter has one default)."""
+    from onerec_kernels.rq.triton_kernels import rq_assign_triton
+
+    bn, bk, bd = tiles
+    x = torch.randn(37, 45, device=TRITON_DEV)
+    codebooks = torch.randn(3, 70, 45, device=TRITON_DEV)
+    if TRITON_DEV.type == "cpu" and not _backend.triton_interpret():
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    codes, residual = rq_assign_triton(x, codebooks, True, config={
+        "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "FLAT": flat})
+    exact = _check_greedy(x, codebooks, codes, RTOL[torch.float32], residual)
+    assert exact >= 0.95, f"{exact:.3f} exact choices (seed {seed})"
