@@ -6,6 +6,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests check results, not speed: one tile config per kernel instead of an autotune sweep for
+# every (D, K, L) the tests meet (tests/kernels/test_rq.py forces each loop shape explicitly).
+os.environ.setdefault("ONEREC_TRITON_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
 
