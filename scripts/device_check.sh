@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 OUTDIR=${1:-${OUT:-out/device_check}}
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1 ONEREC_BENCH_OUT="$OUTDIR"
+export ONEREC_TRITON_AUTOTUNE=${ONEREC_TRITON_AUTOTUNE:-quick}  # 4 configs per kernel: time-boxed
 rm -f "$OUTDIR/results.jsonl"
 t0=$(date +%s)
 section() { echo "=== $* (t=$(( $(date +%s) - t0 ))s)"; }

@@ -54,12 +54,16 @@ _INTERPRET_CONFIGS = [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_D": 64
 
 
 def _configs():
-    """The autotune list. ONEREC_TRITON_AUTOTUNE=0 keeps only the first GPU config: the tests
-    set it, since they meet many (D, K, L) keys and each would cost a full tuning sweep."""
+    """The autotune list. ONEREC_TRITON_AUTOTUNE=0 keeps only the first GPU config (the tests
+    set it: they meet many (D, K, L) keys and each would cost a full tuning sweep); =quick keeps
+    the two largest-tile configs in both loop shapes (scripts/device_check.sh, time-boxed)."""
     if triton_interpret():
         return _INTERPRET_CONFIGS
-    if os.environ.get("ONEREC_TRITON_AUTOTUNE", "1") == "0":
+    mode = os.environ.get("ONEREC_TRITON_AUTOTUNE", "1")
+    if mode == "0":
         return _CUDA_CONFIGS[:1]
+    if mode == "quick":
+        return _CUDA_CONFIGS[:4]
     return _CUDA_CONFIGS
 
 
