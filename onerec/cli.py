@@ -125,17 +125,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import onerec_kernels as ok
 
+    from onerec_kernels._backend import resolve
+    from onerec_kernels.beam import op as beam_op
+
     dev = _device(args.device)
-    print(f"onerec run: data={args.data} device={dev} native={ok.native_available()}")
+    # Fail fast on an unusable backend request, before minutes of tokenizer work.
+    beam_backend = resolve(beam_op.OP, args.beam_backend, dev, beam_op.SUPPORTED,
+                           beam_op.DEFAULT_ORDER, native_op=beam_op.NATIVE_OP)
+    print(f"onerec run: data={args.data} device={dev} native={ok.native_available()} "
+          f"beam backend={beam_backend}")
     ds, sids = _tokenize(args)
     trie = build_trie(sids, dev)
     print(f"trie: {trie.num_items} items, levels {trie.num_levels}, "
           f"max branching {[trie.max_branching(t) for t in range(trie.num_levels)]}")
     gen = generate_for_split(ds, sids, trie, split="test", beam_width=args.beam_width,
-                             max_users=args.max_users, backend=args.beam_backend)
+                             max_users=args.max_users, backend=beam_backend)
     users = len(gen.users)
     print(f"generation: {users} users x {args.beam_width} beams in {gen.seconds * 1e3:.1f} ms "
-          f"(history-code prior as the model; backend={args.beam_backend or 'default'}); "
+          f"(history-code prior as the model; backend={beam_backend}); "
           f"legal items {gen.legal_fraction:.1%}; recall@{args.beam_width} of the held-out "
           f"item {gen.recall:.3f}")
     for u, tgt, row in list(zip(gen.users, gen.targets, gen.item_ids.tolist()))[:3]:
@@ -189,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, RuntimeError, OSError) as exc:
+        # Our checks name the argument and the fix; a traceback would only bury that.
+        print(f"onerec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ def test_cli_rq(capsys):
     assert "rq_assign" in out and "device=cpu" in out
 
 
-def test_cli_rejects_unknown_data():
-    with pytest.raises(ValueError, match="spec"):
-        cli.main(["tokenize", "--data", "netflix"])
+def test_cli_reports_bad_requests_without_a_traceback(capsys):
+    assert cli.main(["tokenize", "--data", "netflix"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert cli.main(["run", "--beam-backend", "cuda", "--max-users", "5"]) == 2
+    assert "cuda" in capsys.readouterr().err
