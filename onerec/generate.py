@@ -30,6 +30,8 @@ class HistoryCodePrior:
         if history_weights.shape != history_codes.shape[:2]:
             raise ValueError(f"history_weights must be (B, H) = {tuple(history_codes.shape[:2])}, "
                              f"got {tuple(history_weights.shape)}")
+        if not smoothing > 0:  # 0 would give 0/0 = NaN rows (dead beams) for users with no match
+            raise ValueError(f"smoothing must be > 0, got {smoothing}")
         self.history = history_codes
         self.weights = history_weights.float() * (history_codes[..., 0] >= 0)
         self.popularity = [p.float() / p.float().sum().clamp(min=1e-12) for p in popularity]

@@ -58,8 +58,10 @@ ONEREC_HD bool is_nan_or_neg_inf(float x) {
 }
 
 // Monotone map float -> uint32 (for non-NaN inputs): a < b  <=>  ordered(a) < ordered(b).
+// -0 maps like +0: the two compare equal, so between them the tie rule must decide.
 ONEREC_HD uint32_t ordered_from_float(float x) {
-  const uint32_t u = float_bits(x);
+  uint32_t u = float_bits(x);
+  if (u == 0x80000000u) u = 0u;
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
@@ -192,8 +194,10 @@ ONEREC_HD void write_slot(uint64_t key, const int64_t* beam_states, const int64_
   const uint64_t cand = key_candidate(key);
   const int64_t w = static_cast<int64_t>(cand / static_cast<uint64_t>(vocab));
   const int64_t j = static_cast<int64_t>(cand % static_cast<uint64_t>(vocab));
-  // Only keys of live candidates are ever made, so the state and child are in range here.
-  const int64_t child = offsets[beam_states[w]] + j;
+  // Only keys of live candidates are ever made, so the state and child are in range here
+  // (the first child clamped at 0 exactly as child_range does).
+  const int64_t first = offsets[beam_states[w]];
+  const int64_t child = (first < 0 ? 0 : first) + j;
   *score_out = key_score(key);
   *parent_out = w;
   *token_out = tokens[child];

@@ -40,7 +40,8 @@ def trie_beam_step_reference(
     live = (beam_states >= 0) & (beam_states < num_nodes) & ~torch.isnan(beam_scores) \
         & (beam_scores != neg_inf)
     s = torch.where(live, beam_states, 0)
-    begin = offsets[s] if num_nodes > 0 else torch.zeros_like(s)
+    # a negative offset (corrupted level) clamps to 0, like the native child_range
+    begin = offsets[s].clamp(min=0) if num_nodes > 0 else torch.zeros_like(s)
     count = torch.where(live, offsets[s + 1] - begin, 0).clamp(max=V) if num_nodes > 0 else s * 0
     j = torch.arange(M, device=dev)
     valid = j < count[..., None]  # (B, W, M)

@@ -133,7 +133,9 @@ class SemanticIdTrie:
         self.leaf_items = mv(self.leaf_items)
         self.first_level = mv(self.first_level)
         self._keys = [mv(t) for t in self._keys]
-        self.device = torch.device(device)
+        # The tensors' own device: to("cuda") lands on "cuda:<current>", and the steps compare
+        # devices exactly (torch.device("cuda") != torch.device("cuda:0")).
+        self.device = self.leaf_items.device
 
     def to(self, device) -> "SemanticIdTrie":
         """A copy of the trie on `device` (tensors only; no rebuild)."""

@@ -28,6 +28,8 @@ static void test_key_order() {
     CHECK(bm::key_candidate(bm::make_key(vals[i], 77)) == 77, "candidate %zu", i);
   }
   CHECK(bm::make_key(1.f, 3) > bm::make_key(1.f, 4), "equal scores: lower candidate wins");
+  CHECK(bm::make_key(-0.f, 3) > bm::make_key(0.f, 4) && bm::make_key(0.f, 3) > bm::make_key(-0.f, 4),
+        "-0 and +0 tie: lower candidate wins");
   CHECK(bm::make_key(-std::numeric_limits<float>::infinity(), 0) == bm::kInvalidKey, "-inf");
   CHECK(bm::make_key(std::nanf(""), 0) == bm::kInvalidKey, "nan");
   CHECK(bm::make_key(-std::numeric_limits<float>::max(), 0xFFFFFFFEull) != bm::kInvalidKey, "min");

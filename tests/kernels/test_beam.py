@@ -235,6 +235,19 @@ def test_step_ties_lower_beam_then_lower_token():
 
 
 @needs_native
+def test_step_ties_negative_zero():
+    # -0.0 and +0.0 are equal scores: the lower beam wins, as for any tie
+    trie = SemanticIdTrie(torch.tensor([[0, 0], [1, 0]]), [2, 1])
+    lp = torch.tensor([[[-0.0], [0.0]]])
+    scores = torch.tensor([[-0.0, 0.0]])
+    states = torch.tensor([[1, 0]])
+    for b in ("torch", "cpp"):
+        sc, par, tok, st = trie_beam_search_step(lp, scores, states, trie, 1, 2, backend=b)
+        assert par.tolist() == [[0, 1]] and st.tolist() == [[1, 0]], b
+        assert torch.all(sc == 0.0)
+
+
+@needs_native
 def test_step_empty_shapes():
     trie = SemanticIdTrie(torch.tensor([[0, 1], [2, 2]]), 3)
     for b in ("torch", "cpp"):
@@ -291,9 +304,11 @@ def test_native_op_guards_memory():
     st = torch.tensor([[0, 1, 7], [-5, 2, 1]])
     offsets = torch.tensor([0, 2, 9, 3])  # node 1's range runs past tokens; node 2 is empty
     tokens = torch.tensor([1, 4, 9, -1, 3])  # 9 and -1 are outside [0, 5)
-    got = torch.ops.onerec_C.trie_beam_step(lp, sc, st, offsets, tokens, 6, 7, False)
-    want = trie_beam_step_reference(lp, sc, st, offsets, tokens, 7, 6)
-    _assert_steps_equal(got, want)
+    for offsets in (offsets, torch.tensor([-3, 2, 9, 3])):  # a negative first child clamps to 0
+        got = torch.ops.onerec_C.trie_beam_step(lp, sc, st, offsets, tokens, 6, 7, False)
+        want = trie_beam_step_reference(lp, sc, st, offsets, tokens, 7, 6)
+        _assert_steps_equal(got, want)
+        assert torch.all((want[3] >= -1) & (want[3] < tokens.numel()))
     with pytest.raises(ValueError, match="beam_width must be >= 1"):
         torch.ops.onerec_C.trie_beam_step(lp, sc, st, offsets, tokens, 0, 7, False)
     with pytest.raises(ValueError, match="beam_scores must be"):
