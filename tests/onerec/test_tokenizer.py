@@ -319,3 +319,12 @@ def test_semantic_id_table_constructor_checks():
         SemanticIdTable(codes, torch.tensor([1]), [3, 2])
     with pytest.raises(TypeError, match="codes must be a torch.Tensor"):
         SemanticIdTable([[0, 1]], torch.tensor([1]), [3, 2])
+    # Non-integer ids or codes are an error, not silently truncated to integers.
+    with pytest.raises(TypeError, match="item_ids must hold integers"):
+        SemanticIdTable(codes, torch.tensor([7.5, 3.0, 9.0]), [3, 2])
+    with pytest.raises(TypeError, match="codes must hold integers"):
+        SemanticIdTable(codes.float(), torch.tensor([7, 3, 9]), [3, 2])
+    with pytest.raises(TypeError, match="item_ids must hold integers"):
+        table.codes_of([9.7])
+    with pytest.raises(TypeError, match="codes must hold integers"):
+        table.items_of(torch.tensor([[1.5, 0.0]]))
