@@ -67,6 +67,10 @@ _BALANCE_CANDIDATES = 32
 _ROW_CHUNK = 4096
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 class TokenizerFormatError(ValueError):
     """A tokenizer file that is not a valid file of this format version."""
 
@@ -129,9 +133,10 @@ class RQKMeansTokenizer:
                  iters: int = 20, seed: int = 0, balanced: bool = False,
                  backend: str | None = None, *, capacity_factor: float = 1.25,
                  tol: float = 1e-4, seed_sample: int | None = None):
-        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
+        if not _is_int(num_levels) or num_levels < 1:
             raise ValueError(f"num_levels must be an int >= 1, got {num_levels!r}")
-        if isinstance(codebook_size, (int, np.integer)) and not isinstance(codebook_size, bool):
+        num_levels = int(num_levels)
+        if _is_int(codebook_size):
             sizes = [int(codebook_size)] * num_levels
         elif isinstance(codebook_size, (list, tuple)):
             sizes = list(codebook_size)
@@ -142,27 +147,29 @@ class RQKMeansTokenizer:
             raise TypeError(f"codebook_size must be an int or a list of ints, got "
                             f"{type(codebook_size).__name__}")
         for s in sizes:
-            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+            if not _is_int(s) or s < 1:
                 raise ValueError(f"codebook_size entries must be ints >= 1, got {codebook_size!r}")
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        if not _is_int(iters) or iters < 0:
             raise ValueError(f"iters must be an int >= 0, got {iters!r}")
-        if not isinstance(seed, int):
+        if not _is_int(seed):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        if not (capacity_factor >= 1.0):
-            raise ValueError(f"capacity_factor must be >= 1, got {capacity_factor!r}")
-        if not (tol >= 0.0):
-            raise ValueError(f"tol must be >= 0, got {tol!r}")
-        if seed_sample is not None and (not isinstance(seed_sample, int) or seed_sample < 1):
+        # A finite real number: an infinite factor would make the cap ceil(inf) at fit time.
+        if not isinstance(capacity_factor, (int, float)) or isinstance(capacity_factor, bool) \
+                or not 1.0 <= capacity_factor < math.inf:
+            raise ValueError(f"capacity_factor must be a finite number >= 1, got {capacity_factor!r}")
+        if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0.0:
+            raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+        if seed_sample is not None and (not _is_int(seed_sample) or seed_sample < 1):
             raise ValueError(f"seed_sample must be None or an int >= 1, got {seed_sample!r}")
         self.num_levels = num_levels
         self.codebook_sizes = [int(s) for s in sizes]
-        self.iters = iters
-        self.seed = seed
+        self.iters = int(iters)
+        self.seed = int(seed)
         self.balanced = bool(balanced)
         self.backend = backend
         self.capacity_factor = float(capacity_factor)
         self.tol = float(tol)
-        self.seed_sample = seed_sample
+        self.seed_sample = None if seed_sample is None else int(seed_sample)
         self.codebooks: list[torch.Tensor] | None = None
         self.dim: int | None = None
         self.fit_codes_: torch.Tensor | None = None
