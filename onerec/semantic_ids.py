@@ -136,7 +136,7 @@ class SemanticIdTable:
         unique integers (default 0..N-1); codes: (N, L) raw codes (default:
         tokenizer.encode(item_embeddings)).
         """
-        from .tokenizer import _as_embeddings
+        from .tokenizer import _as_embeddings, _rank_in_groups
 
         tokenizer._require_fitted("build_table")
         x_ND = _as_embeddings("item_embeddings", item_embeddings, dim=tokenizer.dim).cpu()
@@ -160,17 +160,14 @@ class SemanticIdTable:
         dist = res[-1].square().sum(dim=1)
         keys = _keys(codes, sizes)
         # Keeper of each tuple: smallest distance, then earliest row (stable sorts).
-        order = torch.sort(dist, stable=True).indices
-        order = order[torch.sort(keys[order], stable=True).indices]
-        k_sorted = keys[order]
-        first = torch.ones(n, dtype=torch.bool)
-        first[1:] = k_sorted[1:] != k_sorted[:-1]
+        order, rank = _rank_in_groups(keys, dist)
+        first = rank == 0
         movers = order[~first]
         movers = movers[torch.sort(dist[movers], stable=True).indices]  # closest move first
         raw_rate = movers.numel() / n if n else 0.0
 
         if movers.numel():
-            occupied = set(k_sorted[first].tolist())
+            occupied = set(keys[order[first]].tolist())
             leaf = sizes[-1]
             prefix_used: dict[int, int] = {}
             for key in occupied:

@@ -106,6 +106,19 @@ def _sq_dist_to(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (x - c).square().sum(dim=1)
 
 
+def _rank_in_groups(groups: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort (M,) elements by (group, value, position) and rank them within their group.
+
+    Returns order (M,) int64, the element indices in that sort order, and rank (M,) int64,
+    rank[i] = 0-based rank of element order[i] among the elements of its group (0: the smallest
+    value, ties: the earlier position)."""
+    order = torch.sort(values, stable=True).indices
+    order = order[torch.sort(groups[order], stable=True).indices]
+    g_sorted = groups[order]
+    rank = torch.arange(order.numel(), device=groups.device) - torch.searchsorted(g_sorted, g_sorted)
+    return order, rank
+
+
 def _scores(x: torch.Tensor, c: torch.Tensor, c_norm: torch.Tensor) -> torch.Tensor:
     """(rows, K) ranking scores ||c||^2 - 2 x.c (distance minus the row's constant ||x||^2)."""
     return c_norm - 2.0 * (x @ c.T)
@@ -255,10 +268,7 @@ class RQKMeansTokenizer:
             return a_N
         d_own = _sq_dist_to(x_ND, c_KD[a_N])
         # Rank every point within its cluster by distance; ranks >= cap are evicted.
-        order = torch.sort(d_own, stable=True).indices
-        order = order[torch.sort(a_N[order], stable=True).indices]
-        a_sorted = a_N[order]
-        rank = torch.arange(n, device=x_ND.device) - torch.searchsorted(a_sorted, a_sorted)
+        order, rank = _rank_in_groups(a_N, d_own)
         evicted = order[rank >= cap]
         a_N = a_N.clone()
         free_K = cap - torch.bincount(a_N, minlength=k).clamp(max=cap)
@@ -293,11 +303,8 @@ class RQKMeansTokenizer:
     def _accept(targets: torch.Tensor, dists: torch.Tensor, free_K: torch.Tensor) -> torch.Tensor:
         """Each target accepts its closest proposers up to free_K (updated in place). Returns
         the accepted mask over the proposals."""
-        order = torch.sort(dists, stable=True).indices
-        order = order[torch.sort(targets[order], stable=True).indices]
-        t_sorted = targets[order]
-        rank = torch.arange(t_sorted.numel(), device=targets.device) - torch.searchsorted(t_sorted, t_sorted)
-        ok_sorted = rank < free_K[t_sorted]
+        order, rank = _rank_in_groups(targets, dists)
+        ok_sorted = rank < free_K[targets[order]]
         ok = torch.zeros_like(targets, dtype=torch.bool)
         ok[order[ok_sorted]] = True
         free_K -= torch.bincount(targets[ok], minlength=free_K.numel())

@@ -348,3 +348,17 @@ def test_numpy_integer_parameters_save_and_load(tmp_path, data):
     tok.save(tmp_path / "np.rq")
     back = RQKMeansTokenizer.load(tmp_path / "np.rq")
     assert (back.iters, back.seed, back.seed_sample) == (2, 3, 50)
+
+
+def test_rank_in_groups():
+    """The shared (group, value) ranking behind balanced eviction, capacity acceptance and the
+    semantic-ID table's keepers: ties in value go to the earlier position."""
+    from onerec.tokenizer import _rank_in_groups
+
+    groups = torch.tensor([1, 0, 1, 0, 1, 2])
+    values = torch.tensor([3.0, 2.0, 1.0, 2.0, 5.0, 0.0])
+    order, rank = _rank_in_groups(groups, values)
+    assert order.tolist() == [1, 3, 2, 0, 4, 5]
+    assert rank.tolist() == [0, 1, 0, 1, 2, 0]
+    empty = torch.empty(0, dtype=torch.int64)
+    assert [t.numel() for t in _rank_in_groups(empty, empty.float())] == [0, 0]
