@@ -243,8 +243,9 @@ class RQKMeansTokenizer:
             pts = x_ND[pick]
         else:
             pts = x_ND
-        u = torch.rand(k, generator=gen, dtype=torch.float64).to(x_ND.device)
-        first = min(int(float(u[0]) * s), s - 1)
+        u = torch.rand(k, generator=gen, dtype=torch.float64)
+        first = min(int(float(u[0]) * s), s - 1)  # read on the host, before the copy
+        u = u.to(x_ND.device)
         seeds = torch.empty((k, x_ND.shape[1]), dtype=x_ND.dtype, device=x_ND.device)
         seeds[0] = pts[first]
         min_d2 = _sq_dist_to(pts, seeds[0:1].expand_as(pts)).double()

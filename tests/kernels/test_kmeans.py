@@ -9,7 +9,8 @@ import torch
 
 from onerec_kernels import _backend, _native, kmeans_step, kmeans_step_reference, rq_assign
 
-SHAPES = [(1, 3, 1), (7, 64, 5), (97, 40, 33), (1025, 17, 7), (40, 9, 100)]  # (N, D, K); K > N last
+# (N, D, K): N = K = 1, D = 1, odd sizes, and K > N last.
+SHAPES = [(1, 3, 1), (13, 1, 4), (7, 64, 5), (97, 40, 33), (1025, 17, 7), (40, 9, 100)]
 
 BACKENDS = ["torch", "cpp", "triton"]
 

@@ -300,7 +300,7 @@ def test_bad_inputs(data, fitted):
         fitted.build_table(data[:3], item_ids=[1, 1, 2])
 
 
-def test_triton_backend_fit_agrees_with_cpp():
+def test_triton_backend_fit_agrees_with_torch():
     if _backend.unavailable_reason("triton", torch.device("cpu")) is not None:
         pytest.skip("Triton interpreter unavailable")
     x = mixture(160, 8, 6, 0.2, seed=6)
