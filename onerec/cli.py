@@ -84,13 +84,18 @@ def _tokenize(args: argparse.Namespace):
     from onerec.data import load_dataset
     from onerec.data.embeddings import format_report
     from onerec.pipeline import build_semantic_ids
+    from onerec_kernels._backend import resolve
+    from onerec_kernels.kmeans.op import DEFAULT_ORDER, OP, SUPPORTED
 
+    dev = _device(args.device)
+    backend = resolve(OP, args.backend, dev, SUPPORTED, DEFAULT_ORDER, native_op="kmeans_step")
     t0 = time.perf_counter()
     ds = load_dataset(args.data)
     print(ds.summary(), f"[{time.perf_counter() - t0:.1f} s]")
+    print(f"tokenizer fit: kmeans_step backend={backend}  device={dev}")
     sids = build_semantic_ids(ds, dim=args.dim, fusion=args.fusion, num_levels=args.levels,
                               codebook_size=args.codebook_size, balanced=args.balanced,
-                              iters=args.iters, seed=args.seed, backend=args.backend)
+                              iters=args.iters, seed=args.seed, backend=backend, device=dev)
     print(format_report(sids.embedding_report))
     _print_quality(sids.quality)
     print(f"  [embeddings {sids.seconds['embeddings']:.1f} s, tokenizer "

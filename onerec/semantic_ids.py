@@ -30,6 +30,14 @@ import torch
 _CANDIDATES = 64  # nearest last-level codes ranked at once per moving item
 
 
+def _as_int64(name: str, value) -> torch.Tensor:
+    """value as a CPU int64 tensor; floats and bools are an error, not silently truncated."""
+    t = torch.as_tensor(value)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+    return t.detach().cpu().long()
+
+
 def _keys(codes_NL: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     """Mixed-radix int64 key of each code tuple (lexicographic order = key order)."""
     key = torch.zeros(codes_NL.shape[0], dtype=torch.int64, device=codes_NL.device)
@@ -56,8 +64,8 @@ class SemanticIdTable:
             raise ValueError(f"codes has {codes.shape[1]} levels, codebook_sizes {len(sizes)}")
         if math.prod(sizes) >= 2 ** 62:
             raise ValueError(f"codebook_sizes {sizes}: too many tuples for int64 keys")
-        codes = codes.detach().cpu().long().contiguous()
-        item_ids = torch.as_tensor(item_ids).detach().cpu().long().reshape(-1)
+        codes = _as_int64("codes", codes).contiguous()
+        item_ids = _as_int64("item_ids", item_ids).reshape(-1)
         if item_ids.numel() != codes.shape[0]:
             raise ValueError(f"item_ids has {item_ids.numel()} entries, codes {codes.shape[0]} rows")
         for level, k in enumerate(sizes):
@@ -97,7 +105,7 @@ class SemanticIdTable:
 
     def codes_of(self, item_ids) -> torch.Tensor:
         """(M, L) int64 codes of the given item ids (M,); an unknown id is a KeyError."""
-        ids = torch.as_tensor(item_ids).long().reshape(-1).cpu()
+        ids = _as_int64("item_ids", item_ids).reshape(-1)
         pos = torch.searchsorted(self._id_sorted, ids).clamp_(max=max(len(self) - 1, 0))
         found = self._id_sorted[pos] == ids if len(self) else torch.zeros_like(ids, dtype=torch.bool)
         if not bool(found.all()):
@@ -106,7 +114,7 @@ class SemanticIdTable:
 
     def items_of(self, codes) -> torch.Tensor:
         """(M,) int64 item ids of code tuples (M, L); -1 where no item has that tuple."""
-        codes = torch.as_tensor(codes).long().cpu()
+        codes = _as_int64("codes", codes)
         if codes.dim() != 2 or codes.shape[1] != self.num_levels:
             raise ValueError(f"codes must be (M, {self.num_levels}), got shape {tuple(codes.shape)}")
         in_range = torch.ones(codes.shape[0], dtype=torch.bool)
@@ -128,7 +136,7 @@ class SemanticIdTable:
         unique integers (default 0..N-1); codes: (N, L) raw codes (default:
         tokenizer.encode(item_embeddings)).
         """
-        from .tokenizer import _as_embeddings
+        from .tokenizer import _as_embeddings, _rank_in_groups
 
         tokenizer._require_fitted("build_table")
         x_ND = _as_embeddings("item_embeddings", item_embeddings, dim=tokenizer.dim).cpu()
@@ -152,17 +160,14 @@ class SemanticIdTable:
         dist = res[-1].square().sum(dim=1)
         keys = _keys(codes, sizes)
         # Keeper of each tuple: smallest distance, then earliest row (stable sorts).
-        order = torch.sort(dist, stable=True).indices
-        order = order[torch.sort(keys[order], stable=True).indices]
-        k_sorted = keys[order]
-        first = torch.ones(n, dtype=torch.bool)
-        first[1:] = k_sorted[1:] != k_sorted[:-1]
+        order, rank = _rank_in_groups(keys, dist)
+        first = rank == 0
         movers = order[~first]
         movers = movers[torch.sort(dist[movers], stable=True).indices]  # closest move first
         raw_rate = movers.numel() / n if n else 0.0
 
         if movers.numel():
-            occupied = set(k_sorted[first].tolist())
+            occupied = set(keys[order[first]].tolist())
             leaf = sizes[-1]
             prefix_used: dict[int, int] = {}
             for key in occupied:

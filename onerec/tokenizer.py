@@ -67,6 +67,10 @@ _BALANCE_CANDIDATES = 32
 _ROW_CHUNK = 4096
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 class TokenizerFormatError(ValueError):
     """A tokenizer file that is not a valid file of this format version."""
 
@@ -102,6 +106,19 @@ def _sq_dist_to(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (x - c).square().sum(dim=1)
 
 
+def _rank_in_groups(groups: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort (M,) elements by (group, value, position) and rank them within their group.
+
+    Returns order (M,) int64, the element indices in that sort order, and rank (M,) int64,
+    rank[i] = 0-based rank of element order[i] among the elements of its group (0: the smallest
+    value, ties: the earlier position)."""
+    order = torch.sort(values, stable=True).indices
+    order = order[torch.sort(groups[order], stable=True).indices]
+    g_sorted = groups[order]
+    rank = torch.arange(order.numel(), device=groups.device) - torch.searchsorted(g_sorted, g_sorted)
+    return order, rank
+
+
 def _scores(x: torch.Tensor, c: torch.Tensor, c_norm: torch.Tensor) -> torch.Tensor:
     """(rows, K) ranking scores ||c||^2 - 2 x.c (distance minus the row's constant ||x||^2)."""
     return c_norm - 2.0 * (x @ c.T)
@@ -129,9 +146,10 @@ class RQKMeansTokenizer:
                  iters: int = 20, seed: int = 0, balanced: bool = False,
                  backend: str | None = None, *, capacity_factor: float = 1.25,
                  tol: float = 1e-4, seed_sample: int | None = None):
-        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
+        if not _is_int(num_levels) or num_levels < 1:
             raise ValueError(f"num_levels must be an int >= 1, got {num_levels!r}")
-        if isinstance(codebook_size, (int, np.integer)) and not isinstance(codebook_size, bool):
+        num_levels = int(num_levels)
+        if _is_int(codebook_size):
             sizes = [int(codebook_size)] * num_levels
         elif isinstance(codebook_size, (list, tuple)):
             sizes = list(codebook_size)
@@ -142,27 +160,29 @@ class RQKMeansTokenizer:
             raise TypeError(f"codebook_size must be an int or a list of ints, got "
                             f"{type(codebook_size).__name__}")
         for s in sizes:
-            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+            if not _is_int(s) or s < 1:
                 raise ValueError(f"codebook_size entries must be ints >= 1, got {codebook_size!r}")
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        if not _is_int(iters) or iters < 0:
             raise ValueError(f"iters must be an int >= 0, got {iters!r}")
-        if not isinstance(seed, int):
+        if not _is_int(seed):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        if not (capacity_factor >= 1.0):
-            raise ValueError(f"capacity_factor must be >= 1, got {capacity_factor!r}")
-        if not (tol >= 0.0):
-            raise ValueError(f"tol must be >= 0, got {tol!r}")
-        if seed_sample is not None and (not isinstance(seed_sample, int) or seed_sample < 1):
+        # A finite real number: an infinite factor would make the cap ceil(inf) at fit time.
+        if not isinstance(capacity_factor, (int, float)) or isinstance(capacity_factor, bool) \
+                or not 1.0 <= capacity_factor < math.inf:
+            raise ValueError(f"capacity_factor must be a finite number >= 1, got {capacity_factor!r}")
+        if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0.0:
+            raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+        if seed_sample is not None and (not _is_int(seed_sample) or seed_sample < 1):
             raise ValueError(f"seed_sample must be None or an int >= 1, got {seed_sample!r}")
         self.num_levels = num_levels
         self.codebook_sizes = [int(s) for s in sizes]
-        self.iters = iters
-        self.seed = seed
+        self.iters = int(iters)
+        self.seed = int(seed)
         self.balanced = bool(balanced)
         self.backend = backend
         self.capacity_factor = float(capacity_factor)
         self.tol = float(tol)
-        self.seed_sample = seed_sample
+        self.seed_sample = None if seed_sample is None else int(seed_sample)
         self.codebooks: list[torch.Tensor] | None = None
         self.dim: int | None = None
         self.fit_codes_: torch.Tensor | None = None
@@ -223,8 +243,9 @@ class RQKMeansTokenizer:
             pts = x_ND[pick]
         else:
             pts = x_ND
-        u = torch.rand(k, generator=gen, dtype=torch.float64).to(x_ND.device)
-        first = min(int(float(u[0]) * s), s - 1)
+        u = torch.rand(k, generator=gen, dtype=torch.float64)
+        first = min(int(float(u[0]) * s), s - 1)  # read on the host, before the copy
+        u = u.to(x_ND.device)
         seeds = torch.empty((k, x_ND.shape[1]), dtype=x_ND.dtype, device=x_ND.device)
         seeds[0] = pts[first]
         min_d2 = _sq_dist_to(pts, seeds[0:1].expand_as(pts)).double()
@@ -248,10 +269,7 @@ class RQKMeansTokenizer:
             return a_N
         d_own = _sq_dist_to(x_ND, c_KD[a_N])
         # Rank every point within its cluster by distance; ranks >= cap are evicted.
-        order = torch.sort(d_own, stable=True).indices
-        order = order[torch.sort(a_N[order], stable=True).indices]
-        a_sorted = a_N[order]
-        rank = torch.arange(n, device=x_ND.device) - torch.searchsorted(a_sorted, a_sorted)
+        order, rank = _rank_in_groups(a_N, d_own)
         evicted = order[rank >= cap]
         a_N = a_N.clone()
         free_K = cap - torch.bincount(a_N, minlength=k).clamp(max=cap)
@@ -286,11 +304,8 @@ class RQKMeansTokenizer:
     def _accept(targets: torch.Tensor, dists: torch.Tensor, free_K: torch.Tensor) -> torch.Tensor:
         """Each target accepts its closest proposers up to free_K (updated in place). Returns
         the accepted mask over the proposals."""
-        order = torch.sort(dists, stable=True).indices
-        order = order[torch.sort(targets[order], stable=True).indices]
-        t_sorted = targets[order]
-        rank = torch.arange(t_sorted.numel(), device=targets.device) - torch.searchsorted(t_sorted, t_sorted)
-        ok_sorted = rank < free_K[t_sorted]
+        order, rank = _rank_in_groups(targets, dists)
+        ok_sorted = rank < free_K[targets[order]]
         ok = torch.zeros_like(targets, dtype=torch.bool)
         ok[order[ok_sorted]] = True
         free_K -= torch.bincount(targets[ok], minlength=free_K.numel())

@@ -133,10 +133,14 @@ class Interactions:
     def __len__(self) -> int:
         return int(self.user.shape[0])
 
+    def canonical_order(self) -> np.ndarray:
+        """(N,) int64 permutation into the canonical (user, timestamp, item) order (stable for
+        full ties)."""
+        return np.lexsort((self.item, self.timestamp, self.user))
+
     def sorted(self) -> "Interactions":
         """A copy in the canonical (user, timestamp, item) order (stable for full ties)."""
-        order = np.lexsort((self.item, self.timestamp, self.user))
-        return self.take(order)
+        return self.take(self.canonical_order())
 
     def take(self, index: np.ndarray) -> "Interactions":
         """Rows `index` (int array or bool mask) as a new Interactions."""
@@ -213,7 +217,8 @@ def leave_one_out_split(user: np.ndarray, timestamp: np.ndarray, *, ties: str = 
 class Dataset:
     """A recommendation dataset: items, users, interactions and their chronological split.
 
-    `interactions` is sorted by (user, timestamp, item); `user_offsets` (U + 1,) int64 is the CSR
+    `interactions` is sorted by (user, timestamp, item) (re-sorted if given otherwise, a given
+    `split` permuted along with its rows); `user_offsets` (U + 1,) int64 is the CSR
     index into it (user u's events are rows user_offsets[u]:user_offsets[u + 1]).
     """
     name: str
@@ -226,6 +231,9 @@ class Dataset:
 
     def __post_init__(self) -> None:
         inter = self.interactions
+        if self.split is not None and self.split.role.shape[0] != len(inter):
+            raise ValueError(f"Dataset {self.name}: split has {self.split.role.shape[0]} roles "
+                             f"for {len(inter)} interactions")
         if len(inter):
             for name, arr, hi in (("user", inter.user, self.num_users),
                                   ("item", inter.item, self.num_items)):
@@ -239,14 +247,14 @@ class Dataset:
                                       | ((inter.timestamp[1:] == inter.timestamp[:-1])
                                          & (inter.item[1:] >= inter.item[:-1])))))
             if not key_sorted:
-                self.interactions = inter = inter.sorted()
+                order = inter.canonical_order()
+                self.interactions = inter = inter.take(order)
+                if self.split is not None:  # a given split's roles follow their rows
+                    self.split = Split(self.split.role[order], self.split.ties)
         self.user_offsets = np.searchsorted(inter.user, np.arange(self.num_users + 1),
                                             side="left").astype(np.int64)
         if self.split is None:
             self.split = leave_one_out_split(inter.user, inter.timestamp, ties=self.ties)
-        elif self.split.role.shape[0] != len(inter):
-            raise ValueError(f"Dataset {self.name}: split has {self.split.role.shape[0]} roles "
-                             f"for {len(inter)} interactions")
 
     @property
     def num_users(self) -> int:

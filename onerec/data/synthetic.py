@@ -58,7 +58,7 @@ class SyntheticConfig:
         if self.seed < 0:
             raise ValueError(f"synthetic: seed must be >= 0, got {self.seed}")
         if not isinstance(self.num_interactions, (int, np.integer)) \
-                or self.num_interactions < self.num_users:
+                or isinstance(self.num_interactions, bool) or self.num_interactions < self.num_users:
             raise ValueError(f"synthetic: num_interactions must be an integer >= num_users "
                              f"({self.num_users}), got {self.num_interactions!r}")
         for f, lo, hi in (("explore_prob", 0.0, 1.0), ("zipf_exponent", 0.0, 5.0),

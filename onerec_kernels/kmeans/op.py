@@ -74,13 +74,17 @@ def kmeans_step(x: torch.Tensor, centroids: torch.Tensor, *, backend: str | None
         counts: (K,) int64, how many rows each centroid got (sums to N).
         inertia: 0-d float32, sum_i ||x_i - centroids[a_i]||^2 computed from the differences
             (not the norm trick), so it is >= 0 and accurate near convergence.
-        The next centroids are sums / counts where counts > 0. Determinism: the torch and cpp
-        backends are deterministic (cpp for a given torch.get_num_threads()); the Triton kernel
-        accumulates sums and inertia with fp32 atomics, so their last bits vary between runs.
+        The next centroids are sums / counts where counts > 0. No output requires grad.
+        Determinism: the torch and cpp backends are deterministic (cpp for a given
+        torch.get_num_threads()); the Triton kernel accumulates sums and inertia with fp32
+        atomics, so their last bits vary between runs.
     """
     _validate(x, centroids)
     backend = _backend.resolve(OP, backend, x.device, SUPPORTED, DEFAULT_ORDER,
                                native_op="kmeans_step")
+    # Not differentiable: without this, the custom ops' outputs of a requires_grad input would
+    # claim requires_grad (and fail in backward) while the reference's do not.
+    x, centroids = x.detach(), centroids.detach()
     n, d = x.shape
     k = centroids.shape[0]
     if n == 0:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy.stats import chi2_contingency
 
-from onerec.data import (DROPPED, TEST, TRAIN, VALID, Dataset, SyntheticConfig, generate_synthetic,
-                         load_dataset)
+from onerec.data import (DROPPED, TEST, TRAIN, VALID, Dataset, Split, SyntheticConfig,
+                         generate_synthetic, load_dataset)
 
 SMALL = dict(num_users=600, num_items=900, num_interactions=30_000)
 
@@ -159,6 +159,7 @@ def test_split_of_tiny_histories():
     (dict(num_users=0), ValueError, "num_users"),
     (dict(num_items=-3), ValueError, "num_items"),
     (dict(num_users=10, num_interactions=5), ValueError, "num_interactions"),
+    (dict(num_users=1, num_interactions=True), ValueError, "num_interactions"),
     (dict(explore_prob=1.5), ValueError, "explore_prob"),
     (dict(seed="x"), TypeError, "seed"),
     (dict(seed=-1), ValueError, "seed"),
@@ -178,3 +179,17 @@ def test_bad_options_raise_clear_errors(options, exc, words):
 def test_bad_specs(spec, exc, words):
     with pytest.raises(exc, match=words):
         load_dataset(spec)
+
+
+def test_given_split_follows_its_rows_when_interactions_are_resorted(small_synth):
+    """A Dataset built from unsorted interactions and an explicit split re-sorts both together."""
+    ds = small_synth
+    perm = np.random.default_rng(0).permutation(ds.num_interactions)
+    shuffled = Dataset(name="shuffled", items=ds.items, users=ds.users,
+                       interactions=ds.interactions.take(perm),
+                       split=Split(ds.split.role[perm], ds.split.ties))
+    np.testing.assert_array_equal(shuffled.interactions.item, ds.interactions.item)
+    np.testing.assert_array_equal(shuffled.split.role, ds.split.role)
+    with pytest.raises(ValueError, match="split has 3 roles"):
+        Dataset(name="bad", items=ds.items, users=ds.users, interactions=ds.interactions,
+                split=Split(np.zeros(3, np.int8), "drop"))

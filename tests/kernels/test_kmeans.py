@@ -9,7 +9,8 @@ import torch
 
 from onerec_kernels import _backend, _native, kmeans_step, kmeans_step_reference, rq_assign
 
-SHAPES = [(1, 3, 1), (7, 64, 5), (97, 40, 33), (1025, 17, 7), (40, 9, 100)]  # (N, D, K); K > N last
+# (N, D, K): N = K = 1, D = 1, odd sizes, and K > N last.
+SHAPES = [(1, 3, 1), (13, 1, 4), (7, 64, 5), (97, 40, 33), (1025, 17, 7), (40, 9, 100)]
 
 BACKENDS = ["torch", "cpp", "triton"]
 
@@ -212,3 +213,17 @@ def test_opcheck_cpp():
         x = torch.randn(23, 7, generator=g).to(dtype)
         c = torch.randn(4, 7, generator=g).to(dtype)
         torch.library.opcheck(torch.ops.onerec_C.kmeans_step.default, (x, c))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_never_require_grad(backend):
+    """A Lloyd step is not differentiated: inputs that require grad give plain outputs on every
+    backend (the custom ops have no autograd formula to back a graph)."""
+    _skip_unavailable(backend)
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(9, 5, generator=g).requires_grad_()
+    c = torch.randn(3, 5, generator=g).requires_grad_()
+    out = kmeans_step(x, c, backend=backend)
+    assert not any(t.requires_grad for t in out)
+    ref = kmeans_step_reference(x.detach(), c.detach())
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[2], ref[2])

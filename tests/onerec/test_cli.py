@@ -37,6 +37,7 @@ def test_cli_run_default(capsys):
     assert cli.main(["run", "--max-users", "200"]) == 0
     out = capsys.readouterr().out
     assert "synthetic(seed=0)" in out and "tokenizer:" in out
+    assert "kmeans_step backend=cpp  device=cpu" in out  # what ran where
     assert "after resolution 0.00%" in out
     assert "legal items 100.0%" in out
 

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: CPU interpreter
 
+import numpy as np
 import pytest
 import torch
 
@@ -286,13 +287,20 @@ def test_bad_inputs(data, fitted):
         RQKMeansTokenizer(num_levels=2, codebook_size=[4, 0])
     with pytest.raises(ValueError, match="iters"):
         RQKMeansTokenizer(iters=-1)
-    with pytest.raises(ValueError, match="capacity_factor"):
-        RQKMeansTokenizer(capacity_factor=0.5)
+    for bad in (0.5, float("inf"), float("nan"), "2"):
+        with pytest.raises(ValueError, match="capacity_factor"):
+            RQKMeansTokenizer(capacity_factor=bad)
+    with pytest.raises(ValueError, match="tol"):
+        RQKMeansTokenizer(tol="0")
+    with pytest.raises(ValueError, match="seed_sample"):
+        RQKMeansTokenizer(seed_sample=True)
+    with pytest.raises(TypeError, match="seed"):
+        RQKMeansTokenizer(seed=1.0)
     with pytest.raises(ValueError, match="item_ids must be unique"):
         fitted.build_table(data[:3], item_ids=[1, 1, 2])
 
 
-def test_triton_backend_fit_agrees_with_cpp():
+def test_triton_backend_fit_agrees_with_torch():
     if _backend.unavailable_reason("triton", torch.device("cpu")) is not None:
         pytest.skip("Triton interpreter unavailable")
     x = mixture(160, 8, 6, 0.2, seed=6)
@@ -319,3 +327,38 @@ def test_semantic_id_table_constructor_checks():
         SemanticIdTable(codes, torch.tensor([1]), [3, 2])
     with pytest.raises(TypeError, match="codes must be a torch.Tensor"):
         SemanticIdTable([[0, 1]], torch.tensor([1]), [3, 2])
+    # Non-integer ids or codes are an error, not silently truncated to integers.
+    with pytest.raises(TypeError, match="item_ids must hold integers"):
+        SemanticIdTable(codes, torch.tensor([7.5, 3.0, 9.0]), [3, 2])
+    with pytest.raises(TypeError, match="codes must hold integers"):
+        SemanticIdTable(codes.float(), torch.tensor([7, 3, 9]), [3, 2])
+    with pytest.raises(TypeError, match="item_ids must hold integers"):
+        table.codes_of([9.7])
+    with pytest.raises(TypeError, match="codes must hold integers"):
+        table.items_of(torch.tensor([[1.5, 0.0]]))
+
+
+def test_numpy_integer_parameters_save_and_load(tmp_path, data):
+    """numpy integers (e.g. from a config array) are accepted like ints and stored as ints, so
+    the JSON header of `save` can hold them."""
+    tok = RQKMeansTokenizer(num_levels=np.int64(2), codebook_size=np.int64(4), iters=np.int64(2),
+                            seed=np.int64(3), seed_sample=np.int32(50)).fit(data[:100])
+    assert (tok.num_levels, tok.iters, tok.seed, tok.seed_sample) == (2, 2, 3, 50)
+    assert all(type(v) is int for v in (tok.num_levels, tok.iters, tok.seed, tok.seed_sample))
+    tok.save(tmp_path / "np.rq")
+    back = RQKMeansTokenizer.load(tmp_path / "np.rq")
+    assert (back.iters, back.seed, back.seed_sample) == (2, 3, 50)
+
+
+def test_rank_in_groups():
+    """The shared (group, value) ranking behind balanced eviction, capacity acceptance and the
+    semantic-ID table's keepers: ties in value go to the earlier position."""
+    from onerec.tokenizer import _rank_in_groups
+
+    groups = torch.tensor([1, 0, 1, 0, 1, 2])
+    values = torch.tensor([3.0, 2.0, 1.0, 2.0, 5.0, 0.0])
+    order, rank = _rank_in_groups(groups, values)
+    assert order.tolist() == [1, 3, 2, 0, 4, 5]
+    assert rank.tolist() == [0, 1, 0, 1, 2, 0]
+    empty = torch.empty(0, dtype=torch.int64)
+    assert [t.numel() for t in _rank_in_groups(empty, empty.float())] == [0, 0]
