@@ -95,7 +95,8 @@ def _tokenize(args: argparse.Namespace):
     print(f"tokenizer fit: kmeans_step backend={backend}  device={dev}")
     sids = build_semantic_ids(ds, dim=args.dim, fusion=args.fusion, num_levels=args.levels,
                               codebook_size=args.codebook_size, balanced=args.balanced,
-                              iters=args.iters, seed=args.seed, backend=backend, device=dev)
+                              iters=args.iters, seed=args.seed, backend=backend, device=dev,
+                              progress=sys.stderr.isatty())
     print(format_report(sids.embedding_report))
     _print_quality(sids.quality)
     print(f"  [embeddings {sids.seconds['embeddings']:.1f} s, tokenizer "

@@ -30,7 +30,7 @@ class SemanticIds:
 def build_semantic_ids(dataset: Dataset, *, dim: int = 64, fusion: str = "contrastive",
                        num_levels: int = 3, codebook_size: int = 32, balanced: bool = False,
                        iters: int = 20, seed: int = 0, backend: str | None = None,
-                       device: torch.device | str = "cpu") -> SemanticIds:
+                       device: torch.device | str = "cpu", progress: bool = False) -> SemanticIds:
     """Item embeddings (on the host) -> tokenizer fitted on `device` with `backend` -> the
     one-to-one table built from the fit's own (possibly balanced) codes -> quality report."""
     seconds = {}
@@ -40,7 +40,7 @@ def build_semantic_ids(dataset: Dataset, *, dim: int = 64, fusion: str = "contra
     t0 = time.perf_counter()
     x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)).to(device)
     tok = RQKMeansTokenizer(num_levels=num_levels, codebook_size=codebook_size, iters=iters,
-                            seed=seed, balanced=balanced, backend=backend).fit(x)
+                            seed=seed, balanced=balanced, backend=backend).fit(x, progress=progress)
     table = tok.build_table(x, item_ids=torch.arange(dataset.num_items), codes=tok.fit_codes_)
     quality = tok.quality_report(x, codes=tok.fit_codes_, table=table)
     seconds["tokenizer"] = time.perf_counter() - t0

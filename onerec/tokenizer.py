@@ -54,6 +54,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from onerec_kernels import kmeans_step, rq_assign
 
@@ -204,9 +205,11 @@ class RQKMeansTokenizer:
                                "fit(item_embeddings) or RQKMeansTokenizer.load(path) first")
 
     # ---------------------------------------------------------------- fitting
-    def fit(self, item_embeddings) -> "RQKMeansTokenizer":
+    def fit(self, item_embeddings, *, progress: bool = False) -> "RQKMeansTokenizer":
         """Fit the L codebooks on item_embeddings: (N, D) float, finite, N >= max K_l.
 
+        progress: show a tqdm bar over the Lloyd iterations of every level (production fits,
+        3 x 8192 codes on millions of items, take minutes).
         Returns self; sets `codebooks`, `dim`, `fit_codes_` (N, L) int64 and `fit_stats_`.
         """
         x_ND = _as_embeddings("item_embeddings", item_embeddings)
@@ -218,13 +221,18 @@ class RQKMeansTokenizer:
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         residual = x_ND.clone()
         codebooks, codes, stats = [], [], []
+        bar = tqdm(total=self.num_levels * self.iters, disable=not progress, unit="iter",
+                   desc="RQ-KMeans fit")
         for level, k in enumerate(self.codebook_sizes):
-            c_KD, a_N, level_stats = self._kmeans(residual, k, gen)
+            bar.set_postfix(level=level, K=k)
+            c_KD, a_N, level_stats = self._kmeans(residual, k, gen, bar)
+            bar.update(self.iters * (level + 1) - bar.n)  # early stops skip ahead
             level_stats["level"] = level
             codebooks.append(c_KD)
             codes.append(a_N)
             stats.append(level_stats)
             residual -= c_KD[a_N]
+        bar.close()
         self.codebooks = codebooks
         self.dim = x_ND.shape[1]
         self.fit_codes_ = torch.stack(codes, dim=1)
@@ -323,7 +331,7 @@ class RQKMeansTokenizer:
                 inertia = _sq_dist_to(x_ND, c_KD[a_N]).sum(dtype=torch.float64).float()
         return a_N, sums_KD, counts_K, inertia
 
-    def _kmeans(self, x_ND: torch.Tensor, k: int, gen: torch.Generator):
+    def _kmeans(self, x_ND: torch.Tensor, k: int, gen: torch.Generator, bar=None):
         c_KD = self._kmeans_pp(x_ND, k, gen)
         prev = math.inf
         history, repaired, it = [], 0, 0
@@ -331,6 +339,8 @@ class RQKMeansTokenizer:
             a_N, sums_KD, counts_K, inertia = self._assign(x_ND, c_KD)
             inertia = float(inertia)
             history.append(inertia)
+            if bar is not None:
+                bar.update(1)
             nonempty = counts_K > 0
             c_new = c_KD.clone()
             c_new[nonempty] = sums_KD[nonempty] / counts_K[nonempty, None].to(sums_KD.dtype)

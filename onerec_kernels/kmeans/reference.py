@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..rq.reference import _ROW_CHUNK
+from ..rq.reference import _ROW_CHUNK, _argmin_nan_last
 
 
 def kmeans_step_reference(x: torch.Tensor, centroids: torch.Tensor, row_chunk: int = _ROW_CHUNK
@@ -12,7 +12,8 @@ def kmeans_step_reference(x: torch.Tensor, centroids: torch.Tensor, row_chunk: i
     """One Lloyd step, chunked over rows so the (rows, K) score block stays small.
 
     x: (N, D) float; centroids: (K, D) same dtype. Works in float32 (float64 for float64 inputs).
-    Assignment: argmin_k ||c_k||^2 - 2 x.c_k (ties: lowest k, torch.argmin's rule).
+    Assignment: argmin_k ||c_k||^2 - 2 x.c_k (ties: lowest k, torch.argmin's rule; NaN scores
+    never win, so an all-NaN row gets 0).
     Returns assignments (N,) int64, sums (K, D) float32, counts (K,) int64 and inertia, a 0-d
     float32 tensor: the sum of the exact squared distances ||x_i - c_{a_i}||^2 (accumulated in
     float64).
@@ -28,7 +29,7 @@ def kmeans_step_reference(x: torch.Tensor, centroids: torch.Tensor, row_chunk: i
     with torch.no_grad():
         for start in range(0, n, row_chunk):
             rows = x[start:start + row_chunk].detach().to(work)
-            a = (c_norm - 2.0 * (rows @ c.T)).argmin(dim=1)
+            a = _argmin_nan_last(c_norm - 2.0 * (rows @ c.T))
             assignments[start:start + row_chunk] = a
             sums.index_add_(0, a, rows)
             inertia += (rows - c[a]).square().sum(dtype=torch.float64)

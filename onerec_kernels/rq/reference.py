@@ -7,13 +7,19 @@ import torch
 _ROW_CHUNK = 2048
 
 
+def _argmin_nan_last(scores: torch.Tensor) -> torch.Tensor:
+    """argmin over dim 1 where NaN counts as +inf (torch.argmin would pick the NaN)."""
+    return scores.masked_fill(scores.isnan(), float("inf")).argmin(dim=1)
+
+
 def rq_assign_reference(x: torch.Tensor, codebooks: torch.Tensor,
                         row_chunk: int = _ROW_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy residual quantization, one level after another.
 
     x: (N, D) float; codebooks: (L, K, D) same dtype. Works in float32 (float64 for float64
     inputs). Per level: c = argmin_k ||r - codebooks[l, k]||^2 via ||c||^2 - 2 r.c (ties: lowest
-    k, torch.argmin's rule), then r -= codebooks[l, c].
+    k, torch.argmin's rule; a NaN score never wins, so an all-NaN row gets 0, as in every
+    backend), then r -= codebooks[l, c].
     Returns codes (N, L) int64 and the final residual (N, D) in x's dtype (differentiable with
     respect to x and codebooks; the codes are not).
     """
@@ -30,7 +36,7 @@ def rq_assign_reference(x: torch.Tensor, codebooks: torch.Tensor,
             for start in range(0, n, row_chunk):
                 rows = r[start:start + row_chunk]
                 scores = c_norm - 2.0 * (rows @ c.T)
-                codes[start:start + row_chunk, level] = scores.argmin(dim=1)
+                codes[start:start + row_chunk, level] = _argmin_nan_last(scores)
             r -= c[codes[:, level]]
     # Rebuilt outside no_grad so gradients flow to x and the codebooks (straight-through).
     chosen = codebooks.to(work)[torch.arange(num_levels, device=x.device), codes]  # (N, L, D)

@@ -85,6 +85,8 @@ def _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val, best_idx):
     ks = k0 + offs_k
     c_norm = tl.load(cnorm_ptr + ks, mask=ks < K, other=float("inf"))
     scores = c_norm[None, :] - 2.0 * acc
+    # NaN never wins (all backends agree): an all-NaN row keeps code 0.
+    scores = tl.where(scores == scores, scores, float("inf"))
     tile_min = tl.min(scores, axis=1)
     tile_arg = tl.argmin(scores, axis=1, tie_break_left=True)
     # Strict '<': an earlier tile keeps ties, so the lowest index wins overall.

@@ -220,3 +220,17 @@ def test_every_loop_shape_of_the_triton_kernel(flat, tiles, seed):
         "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "FLAT": flat})
     exact = _check_greedy(x, codebooks, codes, RTOL[torch.float32], residual)
     assert exact >= 0.95, f"{exact:.3f} exact choices (seed {seed})"
+
+
+def test_nan_rows_and_nan_codes_never_win(device):
+    """A NaN code is never chosen and an all-NaN row gets code 0, on every backend."""
+    x = torch.randn(6, 8, device=device)
+    x[2] = float("nan")
+    codebooks = torch.randn(2, 10, 8, device=device)
+    codebooks[0, 3] = float("nan")
+    for backend in _backends(device):
+        codes = ok.rq_assign(x, codebooks, backend=backend)
+        assert codes[2].tolist() == [0, 0], backend
+        assert (codes[:, 0] != 3).all(), backend
+        ok_rows = [0, 1, 3, 4, 5]
+        _check_greedy(x[ok_rows], codebooks.nan_to_num(nan=1e6), codes[ok_rows], RTOL[torch.float32])

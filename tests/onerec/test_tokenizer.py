@@ -362,3 +362,11 @@ def test_rank_in_groups():
     assert rank.tolist() == [0, 1, 0, 1, 2, 0]
     empty = torch.empty(0, dtype=torch.int64)
     assert [t.numel() for t in _rank_in_groups(empty, empty.float())] == [0, 0]
+
+
+def test_fit_progress_bar_does_not_change_the_fit(capsys):
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(5))
+    quiet = RQKMeansTokenizer(num_levels=2, codebook_size=6, iters=4, seed=2).fit(x)
+    shown = RQKMeansTokenizer(num_levels=2, codebook_size=6, iters=4, seed=2).fit(x, progress=True)
+    assert "RQ-KMeans fit" in capsys.readouterr().err
+    assert torch.equal(quiet.fit_codes_, shown.fit_codes_)
