@@ -97,12 +97,15 @@ def test_large_d_tiles_over_d(device, seed):
 
 
 def test_ties_pick_lowest_index(device):
+    """Integer-valued data: every dot product is exact in fp32 whatever the summation order, so
+    duplicated codes tie exactly and the lowest index must win (inside a code tile and across)."""
     d, k = 8, 70
-    codebooks = torch.randn(1, k, d, device=device) + 10.0  # far from x
-    target = torch.randn(d, device=device)
-    for j in (5, 6, 40, 69):  # duplicates inside one code tile and across tiles
+    gen = torch.Generator().manual_seed(0)
+    codebooks = torch.randint(4, 9, (1, k, d), generator=gen).float().to(device)  # far from x
+    target = torch.randint(-3, 4, (d,), generator=gen).float().to(device)
+    for j in (5, 6, 40, 69):
         codebooks[0, j] = target
-    x = target.unsqueeze(0).repeat(3, 1) + 1e-3
+    x = target.unsqueeze(0).repeat(3, 1)
     for backend in _backends(device):
         codes = ok.rq_assign(x, codebooks, backend=backend)
         assert codes[:, 0].tolist() == [5, 5, 5], backend
