@@ -14,13 +14,14 @@ from onerec_kernels import (SemanticIdTrie, constrained_beam_search, native_avai
 from onerec_kernels.beam.trie import _build_torch
 
 from _beam_utils import PrefixModel, random_codes
+from _seed import run_gen
 
 needs_native = pytest.mark.skipif(not native_available(), reason="native extension not built")
 NEG_INF = float("-inf")
 
 
 def _gen(seed):
-    return torch.Generator().manual_seed(seed)
+    return run_gen(seed)
 
 
 def _assert_steps_equal(got, want, *, exact=True):

@@ -9,6 +9,7 @@ from onerec_kernels import SemanticIdTrie, constrained_beam_search, trie_beam_se
 from onerec_kernels._native import has_kernel
 
 from _beam_utils import PrefixModel, random_codes
+from _seed import run_gen
 
 pytestmark = [
     pytest.mark.gpu,
@@ -69,7 +70,7 @@ CASES = [
 
 @pytest.mark.parametrize("num_levels,vocab,n,skewed,B,W,dtype,from_logits", CASES)
 def test_step_cuda_matches_reference(num_levels, vocab, n, skewed, B, W, dtype, from_logits):
-    gen = torch.Generator().manual_seed(n + W)
+    gen = run_gen(n + W)
     trie = SemanticIdTrie(random_codes(n, num_levels, vocab, gen, skewed), vocab)
     gtrie = trie.to("cuda")
     assert gtrie.device == torch.zeros(1, device="cuda").device  # indexed, like the tensors
@@ -94,7 +95,7 @@ def test_step_cuda_matches_reference(num_levels, vocab, n, skewed, B, W, dtype, 
 
 
 def test_step_cuda_dead_and_out_of_range_states():
-    gen = torch.Generator().manual_seed(5)
+    gen = run_gen(5)
     trie = SemanticIdTrie(random_codes(300, 2, 8, gen), 8)
     lp = torch.randn(2, 4, 8, generator=gen).log_softmax(-1)
     sc = torch.tensor([[0.0, NEG_INF, float("nan"), -1.0], [-2.0, -3.0, 0.0, 0.0]])
@@ -109,7 +110,7 @@ def test_step_cuda_dead_and_out_of_range_states():
 def test_step_cuda_wide_beams(W_in, K):
     """W_in = 2048 needs > 48 KB of dynamic shared memory in the single-stage select (the
     cudaFuncSetAttribute path); 4096 x 4096 is the largest supported step (two-stage)."""
-    gen = torch.Generator().manual_seed(W_in + K)
+    gen = run_gen(W_in + K)
     codes = random_codes(4000, 2, 64, gen)
     trie = SemanticIdTrie(codes.cuda(), 64)  # built from CUDA codes: lands on their device
     assert trie.device == codes.cuda().device
@@ -123,7 +124,7 @@ def test_step_cuda_wide_beams(W_in, K):
 
 
 def test_search_cuda_matches_reference_and_graph_capture():
-    gen = torch.Generator().manual_seed(9)
+    gen = run_gen(9)
     B, W = 5, 128
     codes = random_codes(20000, 3, 256, gen, skewed=True)
     trie = SemanticIdTrie(codes, 256)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from onerec_kernels import _backend, _native, kmeans_step, kmeans_step_reference, rq_assign
+from _seed import run_gen
 
 # (N, D, K): N = K = 1, D = 1, odd sizes, and K > N last.
 SHAPES = [(1, 3, 1), (13, 1, 4), (7, 64, 5), (97, 40, 33), (1025, 17, 7), (40, 9, 100)]
@@ -59,7 +60,7 @@ def _check_against_truth(x, c, out, atol_gap):
 def test_matches_brute_force_fp32(backend, shape):
     _skip_unavailable(backend)
     n, d, k = shape
-    g = torch.Generator().manual_seed(n * 1000 + d + k)
+    g = run_gen(n * 1000 + d + k)
     x = torch.randn(n, d, generator=g)
     c = torch.randn(k, d, generator=g)
     out = kmeans_step(x, c, backend=backend)
@@ -76,7 +77,7 @@ def test_fp16_matches_reference(backend, shape):
     values, with the gap the reference itself needs at this precision."""
     _skip_unavailable(backend)
     n, d, k = shape
-    g = torch.Generator().manual_seed(7 + n)
+    g = run_gen(7 + n)
     x = torch.randn(n, d, generator=g).half()
     c = torch.randn(k, d, generator=g).half()
     out = kmeans_step(x, c, backend=backend)
@@ -89,7 +90,7 @@ def test_fp16_matches_reference(backend, shape):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_clusters_and_ties(backend):
     _skip_unavailable(backend)
-    g = torch.Generator().manual_seed(3)
+    g = run_gen(3)
     # Integer-valued data: exact dot products in any summation order, so the duplicate ties
     # exactly on every backend (GPU tensor cores and the interpreter's BLAS included).
     x = torch.randint(-3, 4, (50, 6), generator=g).float()
@@ -117,7 +118,7 @@ def test_empty_input(backend):
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_deterministic(backend):
     _skip_unavailable(backend)
-    g = torch.Generator().manual_seed(11)
+    g = run_gen(11)
     x = torch.randn(777, 13, generator=g)
     c = torch.randn(19, 13, generator=g)
     first = kmeans_step(x, c, backend=backend)
@@ -128,7 +129,7 @@ def test_deterministic(backend):
 
 def test_cpp_thread_counts_agree():
     _skip_unavailable("cpp")
-    g = torch.Generator().manual_seed(12)
+    g = run_gen(12)
     x = torch.randn(2000, 10, generator=g)
     c = torch.randn(8, 10, generator=g)
     before = torch.get_num_threads()
@@ -146,7 +147,7 @@ def test_cpp_thread_counts_agree():
 
 def test_non_contiguous_rows():
     _skip_unavailable("cpp")
-    g = torch.Generator().manual_seed(5)
+    g = run_gen(5)
     big = torch.randn(60, 20, generator=g)
     x = big[::2, :9]  # row stride 40, unit column stride
     xt = torch.randn(9, 30, generator=g).T  # column stride != 1
@@ -161,7 +162,7 @@ def test_non_contiguous_rows():
 
 def test_same_assignment_as_rq_assign():
     """kmeans_step assigns exactly like one level of rq_assign (the shared machinery)."""
-    g = torch.Generator().manual_seed(21)
+    g = run_gen(21)
     x = torch.randn(130, 24, generator=g)
     c = torch.randn(17, 24, generator=g)
     for backend in BACKENDS:
@@ -200,7 +201,7 @@ def test_opcheck_triton():
     _skip_unavailable("triton")
     from onerec_kernels.kmeans.op import _kmeans_step_triton_op
 
-    g = torch.Generator().manual_seed(9)
+    g = run_gen(9)
     for dtype in (torch.float32, torch.float16):
         x = torch.randn(19, 12, generator=g).to(dtype)
         c = torch.randn(5, 12, generator=g).to(dtype)
@@ -210,7 +211,7 @@ def test_opcheck_triton():
 def test_opcheck_cpp():
     if not _native.has_kernel("kmeans_step", "CPU"):
         pytest.skip("native extension without onerec_C::kmeans_step")
-    g = torch.Generator().manual_seed(10)
+    g = run_gen(10)
     for dtype in (torch.float32, torch.bfloat16):
         x = torch.randn(23, 7, generator=g).to(dtype)
         c = torch.randn(4, 7, generator=g).to(dtype)
@@ -222,7 +223,7 @@ def test_outputs_never_require_grad(backend):
     """A Lloyd step is not differentiated: inputs that require grad give plain outputs on every
     backend (the custom ops have no autograd formula to back a graph)."""
     _skip_unavailable(backend)
-    g = torch.Generator().manual_seed(13)
+    g = run_gen(13)
     x = torch.randn(9, 5, generator=g).requires_grad_()
     c = torch.randn(3, 5, generator=g).requires_grad_()
     out = kmeans_step(x, c, backend=backend)
