@@ -114,7 +114,13 @@ def _tokenize(args: argparse.Namespace):
         with open(os.path.join(args.out, "tokenizer_report.json"), "w") as f:
             json.dump({"quality": sids.quality, "embeddings": sids.embedding_report}, f,
                       indent=1, default=float)
-        print(f"saved tokenizer.rqk, semantic_ids.pt, tokenizer_report.json to {args.out}")
+        from onerec.profiling import plot_tokenizer_report
+
+        plot_tokenizer_report(sids.tokenizer.fit_codes_, sids.tokenizer.codebook_sizes,
+                              sids.quality, sids.embedding_report,
+                              os.path.join(args.out, "tokenizer_report.png"))
+        print(f"saved tokenizer.rqk, semantic_ids.pt, tokenizer_report.json and "
+              f"tokenizer_report.png to {args.out}")
     return ds, sids
 
 

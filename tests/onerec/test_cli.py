@@ -56,6 +56,8 @@ def test_cli_tokenize_movielens_saves_a_loadable_tokenizer(tmp_path, capsys):
     assert torch.unique(saved["codes"], dim=0).shape[0] == 1682  # one-to-one
     assert tok.codebook_sizes == [16, 16, 16]
     assert os.path.exists(out_dir / "tokenizer_report.json")
+    png = (out_dir / "tokenizer_report.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
 def test_cli_rq(capsys):
