@@ -31,7 +31,7 @@ fi
 python -c "import onerec_kernels as ok; print(ok.backends())" 2>&1 | tee -a "$OUTDIR/env.txt"
 
 section "tests on the GPU"
-ONEREC_EXPECT_NATIVE=1 timeout 240 python -m pytest tests -q -x -p no:cacheprovider \
+ONEREC_EXPECT_NATIVE=1 timeout 240 python -m pytest tests -q --maxfail=25 -p no:cacheprovider \
   >"$OUTDIR/tests.log" 2>&1 || status=1
 tail -n 15 "$OUTDIR/tests.log"
 
