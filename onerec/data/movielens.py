@@ -44,6 +44,20 @@ def _lines(path: Path) -> list[str]:
     return text.splitlines()
 
 
+def _records(path: Path, sep: str, n_fields: int, what: str):
+    """(line number, fields) of each non-blank line of a MovieLens file; a line with another
+    field count is an error naming the file and line."""
+    sep_name = "tab" if sep == "\t" else repr(sep)
+    for lineno, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        parts = line.split(sep)
+        if len(parts) != n_fields:
+            raise MovieLensFormatError(f"{path}:{lineno}: expected {n_fields} {sep_name}-separated "
+                                       f"fields ({what}), got {len(parts)}")
+        yield lineno, parts
+
+
 def _int(path: Path, lineno: int, field: str, value: str) -> int:
     try:
         return int(value)
@@ -57,12 +71,7 @@ def _read_genre_names(root: Path) -> list[str]:
     if not path.is_file():
         return list(DEFAULT_GENRES)
     names: dict[int, str] = {}
-    for lineno, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
-        parts = line.split("|")
-        if len(parts) != 2:
-            raise MovieLensFormatError(f"{path}:{lineno}: expected 'name|index', got {line!r}")
+    for lineno, parts in _records(path, "|", 2, "name, index"):
         names[_int(path, lineno, "index", parts[1])] = parts[0]
     if sorted(names) != list(range(len(names))):
         raise MovieLensFormatError(f"{path}: genre indices must be 0..{len(names) - 1}, "
@@ -75,14 +84,8 @@ def _read_items(root: Path, genre_names: list[str]) -> tuple[Items, dict[int, in
     g = len(genre_names)
     n_fields = 5 + g
     ids, titles, decades, genre_rows = [], [], [], []
-    for lineno, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
-        parts = line.split("|")
-        if len(parts) != n_fields:
-            raise MovieLensFormatError(f"{path}:{lineno}: expected {n_fields} '|'-separated "
-                                       f"fields (id, title, dates, url, {g} genre flags), "
-                                       f"got {len(parts)}")
+    what = f"id, title, dates, url, {g} genre flags"
+    for lineno, parts in _records(path, "|", n_fields, what):
         ids.append(_int(path, lineno, "movie id", parts[0]))
         flags = parts[5:]
         if any(f not in ("0", "1") for f in flags):
@@ -115,13 +118,7 @@ def _read_users(root: Path) -> tuple[Users, dict[int, int]]:
     occ_path = root / "u.occupation"
     occupations = [o.strip() for o in _lines(occ_path) if o.strip()] if occ_path.is_file() else None
     rows = []
-    for lineno, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
-        parts = line.split("|")
-        if len(parts) != 5:
-            raise MovieLensFormatError(f"{path}:{lineno}: expected 5 '|'-separated fields "
-                                       f"(id, age, gender, occupation, zip), got {len(parts)}")
+    for lineno, parts in _records(path, "|", 5, "id, age, gender, occupation, zip"):
         uid = _int(path, lineno, "user id", parts[0])
         age = _int(path, lineno, "age", parts[1])
         if parts[2] not in ("M", "F"):
@@ -159,13 +156,7 @@ def _read_users(root: Path) -> tuple[Users, dict[int, int]]:
 def _read_ratings(root: Path, user_index: dict[int, int], item_index: dict[int, int]):
     path = root / "u.data"
     users, items, ratings, stamps = [], [], [], []
-    for lineno, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) != 4:
-            raise MovieLensFormatError(f"{path}:{lineno}: expected 4 tab-separated fields "
-                                       f"(user, item, rating, timestamp), got {len(parts)}")
+    for lineno, parts in _records(path, "\t", 4, "user, item, rating, timestamp"):
         u = _int(path, lineno, "user id", parts[0])
         i = _int(path, lineno, "item id", parts[1])
         r = _int(path, lineno, "rating", parts[2])
