@@ -20,24 +20,10 @@ static void rq_brute(const std::vector<float>& x, const std::vector<float>& cb, 
   for (int64_t i = 0; i < n; ++i) {
     std::vector<double> r(x.begin() + i * d, x.begin() + (i + 1) * d);
     for (int64_t l = 0; l < levels; ++l) {
-      double best = std::numeric_limits<double>::infinity(), second = best;
-      int64_t arg = 0;
-      for (int64_t j = 0; j < k; ++j) {
-        double s = 0;
-        for (int64_t t = 0; t < d; ++t) {
-          double v = r[t] - cb[(l * k + j) * d + t];
-          s += v * v;
-        }
-        if (s < best) {
-          second = best;
-          best = s;
-          arg = j;
-        } else if (s < second) {
-          second = s;
-        }
-      }
+      const Nearest nn = brute_nearest(r.data(), cb.data() + l * k * d, k, d);
+      const int64_t arg = nn.arg;
       codes[i * levels + l] = arg;
-      gap[i * levels + l] = second - best;
+      gap[i * levels + l] = nn.second - nn.best;
       for (int64_t t = 0; t < d; ++t) r[t] -= cb[(l * k + arg) * d + t];
     }
   }

@@ -45,24 +45,10 @@ static void test_random(int64_t n, int64_t d, int64_t k, int threads, unsigned s
   std::vector<int64_t> want_counts(k, 0);
   double want_inertia = 0.0;
   for (int64_t i = 0; i < n; ++i) {
-    double best = std::numeric_limits<double>::infinity(), second = best;
-    int64_t arg = 0;
     std::vector<double> dd(k);
-    for (int64_t j = 0; j < k; ++j) {
-      double s = 0;
-      for (int64_t t = 0; t < d; ++t) {
-        const double v = double(x[i * d + t]) - c[j * d + t];
-        s += v * v;
-      }
-      dd[j] = s;
-      if (s < best) {
-        second = best;
-        best = s;
-        arg = j;
-      } else if (s < second) {
-        second = s;
-      }
-    }
+    const Nearest nn = brute_nearest(x.data() + i * d, c.data(), k, d, dd.data());
+    const int64_t arg = nn.arg;
+    const double best = nn.best, second = nn.second;
     const int64_t got = o.assign[i];
     CHECK(got >= 0 && got < k, "assignment out of range row %lld: %lld", (long long)i, (long long)got);
     if (got < 0 || got >= k) continue;
