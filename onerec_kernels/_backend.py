@@ -34,15 +34,11 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-_TRITON_FOUND: bool | None = None
+# An install fact, looked up once (a filesystem search) rather than on every op call.
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 
-@torch.compiler.assume_constant_result  # an install fact: lets torch.compile trace callers
 def _has_triton() -> bool:
-    """Whether triton is importable; the filesystem lookup runs once, not on every op call."""
-    global _TRITON_FOUND
-    if _TRITON_FOUND is None:
-        _TRITON_FOUND = importlib.util.find_spec("triton") is not None
     return _TRITON_FOUND
 
 

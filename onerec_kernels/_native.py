@@ -27,15 +27,21 @@ def available() -> bool:
     return _C is not None
 
 
-@torch.compiler.assume_constant_result  # a build fact: lets torch.compile trace callers
+def _native_kernels(dispatch_key: str) -> frozenset[str]:
+    if _C is None:
+        return frozenset()
+    names = torch._C._dispatch_get_registrations_for_dispatch_key(dispatch_key)
+    return frozenset(n.split("::", 1)[1] for n in names if n.startswith("onerec_C::"))
+
+
+# Build facts, read once at load: a plain set lookup is free on the hot path and constant for
+# torch.compile (querying the dispatcher inside a traced function would break the graph).
+_KERNELS = {key: _native_kernels(key) for key in ("CPU", "CUDA")}
+
+
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """True when the native op `onerec_C::<op>` has a kernel for `dispatch_key` ("CPU", "CUDA")."""
-    if _C is None:
-        return False
-    try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"onerec_C::{op}", dispatch_key)
-    except RuntimeError:
-        return False
+    return op in _KERNELS.get(dispatch_key, ())
 
 
 def require(feature: str, op: str | None = None, dispatch_key: str = "CPU") -> None:
