@@ -38,6 +38,8 @@ def rq_assign_reference(x: torch.Tensor, codebooks: torch.Tensor,
                 scores = c_norm - 2.0 * (rows @ c.T)
                 codes[start:start + row_chunk, level] = _argmin_nan_last(scores)
             r -= c[codes[:, level]]
+    if not (torch.is_grad_enabled() and (x.requires_grad or codebooks.requires_grad)):
+        return codes, r.to(x.dtype)
     # Rebuilt outside no_grad so gradients flow to x and the codebooks (straight-through).
     chosen = codebooks.to(work)[torch.arange(num_levels, device=x.device), codes]  # (N, L, D)
     residual = x.to(work) - chosen.sum(dim=1)
