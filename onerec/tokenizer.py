@@ -54,9 +54,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from onerec_kernels import kmeans_step, rq_assign
+
+from ._progress import progress_bar
 
 FORMAT_MAGIC = b"ONERECRQ"
 FORMAT_VERSION = 1
@@ -221,8 +222,8 @@ class RQKMeansTokenizer:
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         residual = x_ND.clone()
         codebooks, codes, stats = [], [], []
-        bar = tqdm(total=self.num_levels * self.iters, disable=not progress, unit="iter",
-                   desc="RQ-KMeans fit")
+        bar = progress_bar(total=self.num_levels * self.iters, disable=not progress, unit="iter",
+                           desc="RQ-KMeans fit")
         for level, k in enumerate(self.codebook_sizes):
             bar.set_postfix(level=level, K=k)
             c_KD, a_N, level_stats = self._kmeans(residual, k, gen, bar)

@@ -1,11 +1,19 @@
-"""Test-wide setup. Without a GPU, Triton kernels run in the CPU interpreter: TRITON_INTERPRET
-must be set before triton is first imported, which is why it happens here, at collection."""
+"""Test-wide setup, the one place that decides how Triton runs in the tests.
+
+Without a GPU, Triton kernels run in the CPU interpreter: TRITON_INTERPRET must be set before
+triton is first imported, which is why it happens here, at collection (no test file sets it).
+With a GPU the tests must exercise *compiled* Triton on CUDA tensors: the interpreter would copy
+CUDA tensors to the host and silently miscompute bf16, so a session with CUDA and
+TRITON_INTERPRET=1 refuses to start."""
 import os
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+elif os.environ.get("TRITON_INTERPRET", "0") == "1":
+    raise RuntimeError("tests/conftest.py: CUDA is available but TRITON_INTERPRET=1; the GPU run "
+                       "must test compiled Triton kernels: unset TRITON_INTERPRET")
 # Tests check results, not speed: one tile config per kernel instead of an autotune sweep for
 # every (D, K, L) the tests meet (tests/kernels/test_rq.py forces each loop shape explicitly).
 os.environ.setdefault("ONEREC_TRITON_AUTOTUNE", "0")

@@ -5,16 +5,18 @@ import torch
 from onerec_kernels import _backend, _native
 
 CPU = torch.device("cpu")
+# Where Triton runs in this session: CUDA tensors on a GPU machine, CPU tensors in the interpreter.
+TRITON_DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DEFAULTS = {"cuda": ("triton", "torch"), "cpu": ("cpp", "torch")}
 
 
-def resolve(backend=None, supported=("torch", "triton", "cpp"), native_op=None):
-    return _backend.resolve("op", backend, CPU, supported, DEFAULTS, native_op=native_op)
+def resolve(backend=None, supported=("torch", "triton", "cpp"), native_op=None, device=CPU):
+    return _backend.resolve("op", backend, device, supported, DEFAULTS, native_op=native_op)
 
 
 def test_explicit_request_is_honoured():
     assert resolve("torch") == "torch"
-    assert resolve("triton") == "triton"  # tests run with TRITON_INTERPRET=1
+    assert resolve("triton", device=TRITON_DEV) == "triton"
 
 
 def test_default_on_cpu_is_native_when_built(monkeypatch):
@@ -26,8 +28,8 @@ def test_env_override_takes_first_supported(monkeypatch):
     monkeypatch.setenv(_backend.ENV_VAR, "cuda, torch")
     assert resolve(supported=("torch", "triton")) == "torch"  # cuda skipped: not implemented
     monkeypatch.setenv(_backend.ENV_VAR, "triton")
-    assert resolve() == "triton"
-    assert resolve("torch") == "torch"  # an explicit argument beats the environment
+    assert resolve(device=TRITON_DEV) == "triton"
+    assert resolve("torch", device=TRITON_DEV) == "torch"  # an explicit argument beats the env
 
 
 def test_env_override_errors_when_unavailable(monkeypatch):

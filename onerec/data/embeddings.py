@@ -33,10 +33,12 @@ import zlib
 from typing import Callable, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from .dataset import TRAIN, Dataset
+
+# scipy.sparse is imported inside the functions that use it: importing the package (and the
+# kernel layer, and its tests) must not need scipy, which a bare GPU image may lack.
 
 FUSIONS = ("contrastive", "concat", "content", "collaborative")
 _TOKEN = re.compile(r"[0-9a-z]+")
@@ -55,6 +57,7 @@ def randomized_svd(matrix, k: int, *, seed: int = 0, oversample: int = 10, n_ite
     (Halko et al. range finder with power iterations). Returns U (m, k') and s (k',) with
     k' = min(k, m, n); signs are fixed (largest-|entry| of each column positive) so the result
     is deterministic for a seed."""
+    import scipy.sparse as sp
     m, n = matrix.shape
     k = min(k, m, n)
     if k == 0:
@@ -100,6 +103,7 @@ def hashed_tfidf(texts: Sequence[str], *, num_buckets: int = 1 << 15,
                  char_ngrams: tuple[int, int] = (3, 5)) -> sp.csr_matrix:
     """(len(texts), num_buckets) row-normalized TF-IDF of word unigrams and character n-grams
     (of each word padded with spaces), hashed with crc32. Sublinear tf, smoothed idf."""
+    import scipy.sparse as sp
     bucket_of: dict[str, int] = {}
     rows, cols = [], []
     lo, hi = char_ngrams
@@ -128,6 +132,7 @@ def hashed_tfidf(texts: Sequence[str], *, num_buckets: int = 1 << 15,
 
 
 def _row_normalize_sparse(m: sp.spmatrix) -> sp.csr_matrix:
+    import scipy.sparse as sp
     m = sp.csr_matrix(m, dtype=np.float64)
     norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
     return sp.diags(1.0 / np.maximum(norms, 1e-12)) @ m
@@ -138,6 +143,7 @@ def content_features(dataset: Dataset, dim: int, *, seed: int = 0,
                      weights: tuple[float, float, float] = (1.0, 0.7, 0.5)) -> np.ndarray:
     """(num_items, dim) float32 unit rows: LSA of [text, genres, categorical one-hots], each block
     row-normalized and weighted by `weights` (text, genre, categorical)."""
+    import scipy.sparse as sp
     items = dataset.items
     n = items.num_items
     if text_encoder is not None:
@@ -190,6 +196,7 @@ def collaborative_features(pairs: np.ndarray, num_items: int, dim: int, *, seed:
                            alpha: float = 0.75) -> np.ndarray:
     """(num_items, dim) float32: SVD of the positive PMI of symmetric co-occurrence counts,
     rows scaled by sqrt(singular value) then unit-normalized; items with no pair get zeros."""
+    import scipy.sparse as sp
     if pairs.shape[0] == 0:
         return np.zeros((num_items, dim), dtype=np.float32)
     a = np.concatenate([pairs[:, 0], pairs[:, 1]])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
+
+sp = pytest.importorskip("scipy.sparse")  # the embeddings are built on scipy's sparse matrices
 
 from onerec.data import Dataset, Interactions, build_item_embeddings, generate_synthetic
 from onerec.data.embeddings import (co_engaged_pairs, format_report, hashed_tfidf,

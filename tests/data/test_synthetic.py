@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import chi2_contingency
 
 from onerec.data import (DROPPED, TEST, TRAIN, VALID, Dataset, Split, SyntheticConfig,
                          generate_synthetic, load_dataset)
@@ -97,6 +96,7 @@ def test_engagement_follows_user_item_match(small_synth):
 
 
 def test_static_features_correlate_with_interests(small_synth):
+    chi2_contingency = pytest.importorskip("scipy.stats").chi2_contingency
     ds = small_synth
     dom = _dominant_cluster(ds)
     for col in (0, 1):  # age bucket, gender: tied to the primary topic

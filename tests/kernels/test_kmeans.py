@@ -1,8 +1,5 @@
 """kmeans_step: every backend against the PyTorch reference (and the reference against a
 float64 brute force), odd shapes, empty clusters, N == 0, bad inputs, opcheck."""
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: CPU interpreter
 
 import pytest
 import torch

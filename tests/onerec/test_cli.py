@@ -33,8 +33,9 @@ def test_pipeline_small_synthetic():
     assert 0.0 <= gen.recall <= 1.0
 
 
-def test_cli_run_default(capsys):
-    assert cli.main(["run", "--max-users", "200"]) == 0
+def test_cli_run_default_on_cpu(capsys):
+    """The main job on the CPU (stated explicitly: `--device auto` picks CUDA where there is one)."""
+    assert cli.main(["run", "--max-users", "200", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "synthetic(seed=0)" in out and "tokenizer:" in out
     assert "kmeans_step backend=cpp  device=cpu" in out  # what ran where
@@ -42,11 +43,22 @@ def test_cli_run_default(capsys):
     assert "legal items 100.0%" in out
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cli_run_on_cuda(capsys):
+    """`--device auto` picks the GPU where there is one; the tokenizer ops then run Triton."""
+    assert cli.main(["run", "--max-users", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "kmeans_step backend=triton  device=cuda" in out
+    assert "legal items 100.0%" in out
+
+
 @pytest.mark.skipif(not ML100K.is_dir(), reason=f"MovieLens-100K not found at {ML100K}")
 def test_cli_tokenize_movielens_saves_a_loadable_tokenizer(tmp_path, capsys):
     out_dir = tmp_path / "tok"
+    pytest.importorskip("matplotlib")  # the report plot
     assert cli.main(["tokenize", "--data", f"ml-100k:{ML100K}", "--codebook-size", "16",
-                     "--iters", "5", "--out", str(out_dir)]) == 0
+                     "--iters", "5", "--out", str(out_dir), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "ml-100k: 943 users, 1682 items, 100000 interactions" in out
     assert "level 2:" in out
@@ -60,14 +72,16 @@ def test_cli_tokenize_movielens_saves_a_loadable_tokenizer(tmp_path, capsys):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
-def test_cli_rq(capsys):
-    assert cli.main(["rq", "--num", "500", "--dim", "16", "--codebook-size", "32"]) == 0
+def test_cli_rq(capsys, device):
+    assert cli.main(["rq", "--num", "500", "--dim", "16", "--codebook-size", "32",
+                     "--device", device.type]) == 0
     out = capsys.readouterr().out
-    assert "rq_assign" in out and "device=cpu" in out
+    assert "rq_assign" in out and f"device={device.type}" in out
 
 
 def test_cli_reports_bad_requests_without_a_traceback(capsys):
     assert cli.main(["tokenize", "--data", "netflix"]) == 2
     assert "error:" in capsys.readouterr().err
-    assert cli.main(["run", "--beam-backend", "cuda", "--max-users", "5"]) == 2
+    # the CUDA beam backend on CPU tensors is refused (stated device: auto would pick CUDA on a GPU)
+    assert cli.main(["run", "--beam-backend", "cuda", "--max-users", "5", "--device", "cpu"]) == 2
     assert "cuda" in capsys.readouterr().err

@@ -1,8 +1,5 @@
 """RQ-KMeans tokenizer, semantic-ID table and quality report on generated clustered data."""
 import math
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: CPU interpreter
 
 import numpy as np
 import pytest
@@ -300,16 +297,18 @@ def test_bad_inputs(data, fitted):
         fitted.build_table(data[:3], item_ids=[1, 1, 2])
 
 
-def test_triton_backend_fit_agrees_with_torch():
-    if _backend.unavailable_reason("triton", torch.device("cpu")) is not None:
-        pytest.skip("Triton interpreter unavailable")
+def test_triton_backend_fit_agrees_with_torch(device):
+    """CPU: the Triton interpreter; CUDA (the GPU machine): compiled Triton on CUDA tensors."""
+    reason = _backend.unavailable_reason("triton", device)
+    if reason is not None:
+        pytest.skip(reason)
     x = mixture(160, 8, 6, 0.2, seed=6)
     kw = dict(num_levels=2, codebook_size=4, iters=3, seed=0)
-    tri = RQKMeansTokenizer(backend="triton", **kw).fit(x)
+    tri = RQKMeansTokenizer(backend="triton", **kw).fit(x.to(device))
     ref = RQKMeansTokenizer(backend="torch", **kw).fit(x)
-    assert (tri.fit_codes_ == ref.fit_codes_).all(dim=1).float().mean() >= 0.99
+    assert (tri.fit_codes_.cpu() == ref.fit_codes_).all(dim=1).float().mean() >= 0.99
     for a, b in zip(tri.codebooks, ref.codebooks):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=1e-4)
 
 
 def test_semantic_id_table_constructor_checks():
