@@ -61,11 +61,12 @@ trap finish EXIT
 run_phase() {
   local name=$1 secs=$2 log=$3; shift 3
   section "$name (box ${secs}s)"
-  timeout --kill-after=10 "$secs" "$@" >"$log" 2>&1
+  # SIGINT first: pytest then stops like on Ctrl-C and still writes its summary and JUnit XML
+  timeout -s INT --kill-after=15 "$secs" "$@" >"$log" 2>&1
   local rc=$?
   case $rc in
     0) PHASE_STATUS[$name]="ok ($(elapsed)s)" ;;
-    124|137) PHASE_STATUS[$name]="TIMED OUT after ${secs}s" ;;
+    124|130|137) PHASE_STATUS[$name]="TIMED OUT after ${secs}s (partial results kept)" ;;
     *) PHASE_STATUS[$name]="failed rc=$rc" ;;
   esac
   echo "$name: ${PHASE_STATUS[$name]}"
