@@ -241,10 +241,14 @@ cudaError_t launch(const BeamStepArgs& a, void* workspace, cudaStream_t stream) 
   }
   const size_t W = static_cast<size_t>(a.beams_in);
   const size_t smem = (W + 1) * 8 + W * 8 + static_cast<size_t>(k_pad) * 8 + kThreads * 8 + W * 8;
-  if (smem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(select_kernel<T>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
+  // The 48 KB default covers static + dynamic shared memory together: select_kernel's static
+  // SelectShared (~1 KB) counts too, so a dynamic size just under 48 KB needs the opt-in as well.
+  cudaFuncAttributes attr;
+  cudaError_t e = cudaFuncGetAttributes(&attr, select_kernel<T>);
+  if (e != cudaSuccess) return e;
+  if (smem + attr.sharedSizeBytes > 48 * 1024) {
+    e = cudaFuncSetAttribute(select_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem));
     if (e != cudaSuccess) return e;
   }
   dim3 grid(static_cast<unsigned>(a.batch), static_cast<unsigned>(S));

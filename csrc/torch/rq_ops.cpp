@@ -7,7 +7,10 @@
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> rq_assign_cpu(const at::Tensor& x, const at::Tensor& codebooks) {
+// return_residual = false: no (N, D) residual is allocated or written (an empty (0, D) one is
+// returned), the core keeps each row block's residual in its own small buffer.
+std::tuple<at::Tensor, at::Tensor> rq_assign_cpu(const at::Tensor& x, const at::Tensor& codebooks,
+                                                 bool return_residual) {
   TORCH_CHECK(x.dim() == 2, "rq_assign: x must be (N, D), got ", x.sizes());
   TORCH_CHECK(codebooks.dim() == 3, "rq_assign: codebooks must be (L, K, D), got ", codebooks.sizes());
   TORCH_CHECK(codebooks.size(2) == x.size(1), "rq_assign: D mismatch ", x.size(1), " vs ",
@@ -21,9 +24,10 @@ std::tuple<at::Tensor, at::Tensor> rq_assign_cpu(const at::Tensor& x, const at::
   at::Tensor xf = x.to(at::kFloat).contiguous();
   at::Tensor cf = codebooks.to(at::kFloat).contiguous();
   at::Tensor codes = at::empty({n, levels}, x.options().dtype(at::kLong));
-  at::Tensor residual = at::empty({n, d}, x.options().dtype(at::kFloat));
+  at::Tensor residual = at::empty({return_residual ? n : 0, d}, x.options().dtype(at::kFloat));
   onerec::rq_assign_cpu(xf.data_ptr<float>(), cf.data_ptr<float>(), n, d, levels, k,
-                        codes.data_ptr<int64_t>(), residual.data_ptr<float>(),
+                        codes.data_ptr<int64_t>(),
+                        return_residual ? residual.data_ptr<float>() : nullptr,
                         at::get_num_threads());
   return {codes, residual.to(x.scalar_type())};
 }
@@ -31,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> rq_assign_cpu(const at::Tensor& x, const at::
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(onerec_C, m) {
-  m.def("rq_assign(Tensor x, Tensor codebooks) -> (Tensor codes, Tensor residual)");
+  m.def("rq_assign(Tensor x, Tensor codebooks, bool return_residual) -> (Tensor codes, Tensor residual)");
 }
 
 TORCH_LIBRARY_IMPL(onerec_C, CPU, m) { m.impl("rq_assign", &rq_assign_cpu); }

@@ -23,12 +23,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ..rq.triton_kernels import _configs, dot_input_precision, launch, nearest_code_tile
+from .._triton_tiles import (aot_spec, autotune_configs, dot_input_precision, launch,
+                             prune_to_family, register_aot)
+from ..rq.triton_kernels import nearest_code_tile
 
 
 # reset_to_zero: autotuning runs the kernel once per config (and repeatedly), and every run adds
 # into the same accumulators; Triton re-zeroes them before each trial run.
-@triton.autotune(configs=_configs(), key=["D", "K"],
+@triton.autotune(configs=autotune_configs("kmeans_step"), key=["D", "K", "INPUT_PRECISION"],
+                 prune_configs_by={"early_config_prune": prune_to_family},
                  reset_to_zero=["sums_ptr", "counts_ptr", "inertia_ptr"])
 @triton.jit
 def _kmeans_step_kernel(
@@ -82,7 +85,7 @@ def kmeans_step_triton(x: torch.Tensor, centroids: torch.Tensor, *, config: dict
     """Launch the fused kernel. x (N, D) with unit column stride, centroids (K, D) contiguous,
     same dtype; 1 <= N < 2^31 (checked by the caller). Returns assignments (N,) int64, sums
     (K, D) fp32, counts (K,) int64, inertia 0-d fp32. config: force one tile config (see
-    rq.triton_kernels.launch) instead of autotuning."""
+    onerec_kernels._triton_tiles.launch) instead of autotuning."""
     n, d = x.shape
     k = centroids.shape[0]
     c_norm = centroids.float().square().sum(dim=-1).contiguous()
@@ -92,5 +95,16 @@ def kmeans_step_triton(x: torch.Tensor, centroids: torch.Tensor, *, config: dict
     inertia = torch.zeros((1,), dtype=torch.float32, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     launch(_kmeans_step_kernel, grid, x, centroids, c_norm, assignments, sums, counts, inertia,
-           n, d, k, x.stride(0), INPUT_PRECISION=dot_input_precision(x.dtype), config=config)
+           n, d, k, x.stride(0), INPUT_PRECISION=dot_input_precision(x.dtype), device=x.device,
+           config=config)
     return assignments, sums, counts.to(torch.int64), inertia.reshape(())
+
+
+def _aot_spec(family: str, config) -> tuple[dict, dict]:
+    return aot_spec(family, config, {
+        "x_ptr": "*op", "c_ptr": "*op", "cnorm_ptr": "*fp32", "assign_ptr": "*i64",
+        "sums_ptr": "*fp32", "counts_ptr": "*i32", "inertia_ptr": "*fp32", "N": "i32", "D": "i32",
+        "K": "i32", "stride_xn": "i32"})
+
+
+register_aot("kmeans_step", _kmeans_step_kernel, _aot_spec)

@@ -29,11 +29,13 @@ def _rq_assign_triton_op(x: torch.Tensor, codebooks: torch.Tensor,
     return codes, residual
 
 
-@_rq_assign_triton_op.register_fake
-def _(x, codebooks, return_residual):
+def _fake_outputs(x, codebooks, return_residual):
     n, d = x.shape
     codes = x.new_empty((n, codebooks.shape[0]), dtype=torch.int64)
     return codes, x.new_empty((n if return_residual else 0, d))
+
+
+_rq_assign_triton_op.register_fake(_fake_outputs)
 
 
 def _setup_context(ctx, inputs, output):
@@ -61,19 +63,11 @@ def _backward(ctx, grad_codes, grad_residual):
     return grad_x, grad_cb.view(num_levels, k, d).to(ctx.cb_dtype), None
 
 
-def _backward_native(ctx, grad_codes, grad_residual):
-    return _backward(ctx, grad_codes, grad_residual)[:2]
-
-
 _rq_assign_triton_op.register_autograd(_backward, setup_context=_setup_context)
 
 if _native.available():
-    @torch.library.register_fake("onerec_C::rq_assign")
-    def _(x, codebooks):
-        n, d = x.shape
-        return x.new_empty((n, codebooks.shape[0]), dtype=torch.int64), x.new_empty((n, d))
-
-    torch.library.register_autograd("onerec_C::rq_assign", _backward_native,
+    torch.library.register_fake("onerec_C::rq_assign")(_fake_outputs)
+    torch.library.register_autograd("onerec_C::rq_assign", _backward,
                                     setup_context=_setup_context)
 
 
@@ -122,5 +116,5 @@ def rq_assign(x: torch.Tensor, codebooks: torch.Tensor, *, return_residual: bool
         if backend == "triton":
             codes, residual = _rq_assign_triton_op(x, codebooks, return_residual)
         else:
-            codes, residual = torch.ops.onerec_C.rq_assign(x, codebooks)
+            codes, residual = torch.ops.onerec_C.rq_assign(x, codebooks, return_residual)
     return (codes, residual) if return_residual else codes

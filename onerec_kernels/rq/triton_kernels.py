@@ -1,17 +1,21 @@
 """Fused greedy residual quantization in one Triton kernel.
 
-One program owns BLOCK_N rows for all L levels. Per level it streams the level's codebook in
+A program owns BLOCK_N rows for all L levels. Per level it streams the level's codebook in
 BLOCK_K-code tiles; each tile's scores ||c||^2 - 2 r.c come from a tiled tl.dot over D (fp32
 accumulation), and a running (min, argmin) per row is kept in registers across tiles, so the
 (N, K) distance matrix never exists in memory. The chosen code is then subtracted from the
-program's own residual rows in place (no other launch, no other program touches them), and the
-next level reads that residual. Level 0 reads x directly.
+residual, which the program keeps in its own BLOCK_N scratch rows (no other program touches
+them; barriers order its threads' writes and reads), and the next level reads that residual.
+Level 0 reads x directly; the last level writes the residual to the output only when the caller
+asked for it.
 
 Why the residual lives in a global fp32 buffer rather than registers: it is the A operand of
 the tiled GEMM, loaded in BLOCK_D slices, and Triton cannot slice a register tile; the program
 rereads it from L2 (BLOCK_N x D is small) once per code tile, which is what a GEMM does anyway.
-fp32 keeps the residual exact across levels; it is rounded to the input dtype only as the
-tensor-core operand.
+The buffer holds one launch's rows, and N is launched in chunks of SMs * 1024 rows, so it
+stays small whatever N is. fp32 keeps the residual exact across levels; it is rounded to the input dtype only as the
+tensor-core operand. Which tensor cores (if any) run the dot: see onerec_kernels/_triton_tiles.py
+(fp32 inputs use exact fp32 FMA unless torch's TF32 switch is on).
 
 FLOPs: 2*N*K*D per level (the norm trick); minimum bytes: read x and the codebooks once, write
 the codes (and the residual if asked): at N=1M, K=8192, D=512 that is ~26 TFLOP against ~1 GB,
@@ -27,44 +31,12 @@ pipeline never drains). Which wins depends on D/BLOCK_D and is left to the autot
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .._backend import triton_interpret
-
-# Tile configs are data: GPU candidates for autotune (keyed on D, K, L and, implicitly, the
-# dtypes; N is left out so a new batch size never retunes), and one small
-# config for the CPU interpreter (autotune there accepts a single config only).
-_CUDA_TILES = [  # (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages)
-    (128, 128, 64, 8, 3),
-    (128, 256, 64, 8, 3),
-    (256, 128, 64, 8, 3),
-    (128, 128, 32, 4, 4),
-    (64, 128, 64, 4, 3),
-]
-_CUDA_CONFIGS = [
-    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "FLAT": flat},
-                  num_warps=warps, num_stages=stages)
-    for bn, bk, bd, warps, stages in _CUDA_TILES for flat in (False, True)
-]
-_INTERPRET_CONFIGS = [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_D": 64, "FLAT": True})]
-
-
-def _configs():
-    """The autotune list. ONEREC_TRITON_AUTOTUNE=0 keeps only the first GPU config (the tests
-    set it: they meet many (D, K, L) keys and each would cost a full tuning sweep); =quick keeps
-    the two largest-tile configs in both loop shapes (scripts/device_check.sh, time-boxed)."""
-    if triton_interpret():
-        return _INTERPRET_CONFIGS
-    mode = os.environ.get("ONEREC_TRITON_AUTOTUNE", "1")
-    if mode == "0":
-        return _CUDA_CONFIGS[:1]
-    if mode == "quick":
-        return _CUDA_CONFIGS[:4]
-    return _CUDA_CONFIGS
+from .._triton_tiles import (aot_spec, autotune_configs, dot_input_precision, launch,
+                             prune_to_family, register_aot)
 
 
 @triton.jit
@@ -141,38 +113,42 @@ def nearest_code_tile(
     return best_val, best_idx
 
 
-@triton.autotune(configs=_configs(), key=["D", "K", "L"])
+@triton.autotune(configs=autotune_configs("rq_assign"), key=["D", "K", "L", "INPUT_PRECISION"],
+                 prune_configs_by={"early_config_prune": prune_to_family})
 @triton.jit
 def _rq_assign_kernel(
     x_ptr,  # (N, D) input dtype, row stride stride_xn, unit column stride
     cb_ptr,  # (L, K, D) input dtype, contiguous
     cnorm_ptr,  # (L, K) fp32: ||codebooks[l, k]||^2
     codes_ptr,  # (N, L) int64
-    res_ptr,  # (N, D) fp32 residual scratch / output, contiguous
+    scratch_ptr,  # (num_programs * BLOCK_N, D) fp32: each program's residual rows (L > 1)
+    out_ptr,  # (N, D) input dtype: the final residual (WRITE_RESIDUAL only)
     N,
     D,
     K,
     stride_xn,
     L: tl.constexpr,
-    WRITE_LAST_RESIDUAL: tl.constexpr,
+    WRITE_RESIDUAL: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     FLAT: tl.constexpr,
 ):
+    # The launcher cuts N into chunks of at most scratch-many rows (one launch each), so the
+    # residual scratch holds one chunk: row i of the chunk uses scratch row i.
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     rows64 = rows.to(tl.int64)
     x_rows = x_ptr + rows64[:, None] * stride_xn
-    res_rows = res_ptr + rows64[:, None] * D
+    res_rows = scratch_ptr + rows64[:, None] * D
+    out_rows = out_ptr + rows64[:, None] * D
     offs_d = tl.arange(0, BLOCK_D)
-
     for level in tl.static_range(L):
         cb_level = cb_ptr + level * K * D
-        # `level` is a compile-time constant: level 0 reads x directly, later levels the fp32
-        # residual (cast to the codebook dtype as the tensor-core operand inside the helper).
+        # `level` is a compile-time constant: level 0 reads x directly, later levels the
+        # fp32 residual (cast to the codebook dtype as the tensor-core operand in the helper).
         if level == 0:
             best_val, best_idx = nearest_code_tile(x_rows, cb_level, cnorm_ptr + level * K,
                                                    row_mask, D, K, INPUT_PRECISION,
@@ -183,7 +159,11 @@ def _rq_assign_kernel(
                                                    BLOCK_N, BLOCK_K, BLOCK_D, FLAT)
         tl.store(codes_ptr + rows64 * L + level, best_idx.to(tl.int64), mask=row_mask)
 
-        if (level < L - 1) or WRITE_LAST_RESIDUAL:
+        if (level < L - 1) or WRITE_RESIDUAL:
+            # The residual rows are read as the dot operand (one thread layout) and rewritten
+            # below (another): threads of this program must not overwrite rows that others
+            # may still read as this level's operand (WAR) ...
+            tl.debug_barrier()
             chosen = cb_level + best_idx.to(tl.int64)[:, None] * D
             for d0 in range(0, D, BLOCK_D):
                 ds = d0 + offs_d
@@ -193,24 +173,30 @@ def _rq_assign_kernel(
                 else:
                     r = tl.load(res_rows + ds[None, :], mask=m, other=0.0)
                 c = tl.load(chosen + ds[None, :], mask=m, other=0.0).to(tl.float32)
-                tl.store(res_rows + ds[None, :], r - c, mask=m)
+                if level == L - 1:
+                    tl.store(out_rows + ds[None, :], (r - c).to(out_ptr.dtype.element_ty),
+                             mask=m)
+                else:
+                    tl.store(res_rows + ds[None, :], r - c, mask=m)
+            # ... and the next level's operand loads must see every thread's writes (RAW).
+            tl.debug_barrier()
 
 
-def dot_input_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision for operands of `dtype`: fp32 follows torch's TF32 switch on the
-    GPU (exact "ieee" in the interpreter); fp16/bf16 operands are exact products anyway."""
-    if dtype == torch.float32:
-        return "tf32" if torch.backends.cuda.matmul.allow_tf32 and not triton_interpret() else "ieee"
-    return "ieee"  # fp16/bf16 operands: exact products, fp32 accumulation
+# Rows of the fp32 residual scratch, per SM: N is processed in chunks of SMs * this rows (one
+# launch each, reusing the scratch), so no buffer grows with N. 1024 rows = 4 full waves of
+# 256-row tiles (8 of 128), so chunking adds no wave-quantization loss but the last chunk's.
+_SCRATCH_ROWS_PER_SM = 1024
+_INTERPRET_SCRATCH_ROWS = 64  # CPU tests: small, so several chunks run
 
 
-def launch(kernel, grid, *args, config: dict | None = None, **kwargs) -> None:
-    """Launch an autotuned kernel, or, with `config` (tile meta-parameters), its plain JIT
-    function with exactly that config: how tests cover every loop shape in the interpreter."""
-    if config is None:
-        kernel[grid](*args, **kwargs)
+def scratch_rows(n: int, device: torch.device) -> int:
+    """Rows of the residual scratch (and of a launch's chunk) for N rows: at most N, and
+    independent of N once N is large."""
+    if device.type == "cuda":
+        cap = torch.cuda.get_device_properties(device).multi_processor_count * _SCRATCH_ROWS_PER_SM
     else:
-        kernel.fn[grid](*args, **kwargs, **config)
+        cap = _INTERPRET_SCRATCH_ROWS
+    return min(n, cap)
 
 
 def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor, write_residual: bool, *,
@@ -218,15 +204,39 @@ def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor, write_residual: b
     """Launch the fused kernel. x (N, D) with unit column stride, codebooks (L, K, D)
     contiguous, same dtype; N >= 1 (checked by the caller). Returns codes (N, L) int64 and, when
     write_residual, the final residual (N, D) in x's dtype (else None). config: force one tile
-    config (dict of BLOCK_N, BLOCK_K, BLOCK_D, FLAT) instead of autotuning."""
+    config (dict of BLOCK_N, BLOCK_K, BLOCK_D, FLAT) instead of autotuning.
+
+    Memory: besides the outputs, an fp32 scratch of scratch_rows(N) x D when L > 1 (at most
+    SMs * 1024 rows: N is launched in chunks of that many rows), and nothing N x D unless
+    write_residual. A program per BLOCK_N rows, no persistent loop: a loop over row tiles
+    around the level loop costs ~25 registers per thread and made the 128x128 flat tile spill.
+    """
     n, d = x.shape
     num_levels, k, _ = codebooks.shape
     c_norm = codebooks.float().square().sum(dim=-1).contiguous()
     codes = torch.empty((n, num_levels), dtype=torch.int64, device=x.device)
-    residual = torch.empty((n, d), dtype=torch.float32, device=x.device)
+    # L = 1: nothing between levels, the scratch is never touched (one row stands in).
+    chunk = scratch_rows(n, x.device) if num_levels > 1 else n
+    scratch = torch.empty((chunk if num_levels > 1 else 1, d), dtype=torch.float32,
+                          device=x.device)
+    out = torch.empty((n, d) if write_residual else (1, 1), dtype=x.dtype, device=x.device)
     precision = dot_input_precision(x.dtype)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    launch(_rq_assign_kernel, grid, x, codebooks, c_norm, codes, residual, n, d, k, x.stride(0),
-           L=num_levels, WRITE_LAST_RESIDUAL=write_residual, INPUT_PRECISION=precision,
-           config=config)
-    return codes, (residual.to(x.dtype) if write_residual else None)
+    for start in range(0, n, chunk):  # kernels on one stream: each chunk reuses the scratch
+        rows = min(chunk, n - start)
+        grid = lambda meta, rows=rows: (triton.cdiv(rows, meta["BLOCK_N"]),)  # noqa: E731
+        launch(_rq_assign_kernel, grid, x[start:], codebooks, c_norm, codes[start:], scratch,
+               out[start:] if write_residual else out, rows, d, k, x.stride(0), L=num_levels,
+               WRITE_RESIDUAL=write_residual, INPUT_PRECISION=precision, device=x.device,
+               config=config)
+    return codes, (out if write_residual else None)
+
+
+def _aot_spec(family: str, config) -> tuple[dict, dict]:
+    """A typical call: three levels, no residual asked for."""
+    return aot_spec(family, config, {
+        "x_ptr": "*op", "cb_ptr": "*op", "cnorm_ptr": "*fp32", "codes_ptr": "*i64",
+        "scratch_ptr": "*fp32", "out_ptr": "*op", "N": "i32", "D": "i32", "K": "i32",
+        "stride_xn": "i32"}, L=3, WRITE_RESIDUAL=False)
+
+
+register_aot("rq_assign", _rq_assign_kernel, _aot_spec)

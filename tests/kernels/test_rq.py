@@ -193,7 +193,117 @@ def test_opcheck_triton_op():
 @pytest.mark.skipif(not HAS_NATIVE, reason="native extension not built")
 def test_opcheck_native_op():
     x, codebooks = torch.randn(19, 12), torch.randn(2, 7, 12)
-    torch.library.opcheck(torch.ops.onerec_C.rq_assign.default, (x, codebooks))
+    for flag in (True, False):
+        torch.library.opcheck(torch.ops.onerec_C.rq_assign.default, (x, codebooks, flag))
+
+
+@pytest.mark.parametrize("backend", ["triton"] + (["cpp"] if HAS_NATIVE else []))
+@pytest.mark.parametrize("num_levels", [1, 3])
+def test_no_n_by_d_buffer_without_residual(backend, num_levels, monkeypatch):
+    """return_residual=False allocates nothing of N x D (the Triton kernel keeps the residual in
+    per-program scratch rows, the C++ core in per-block buffers); True allocates the output."""
+    dev = TRITON_DEV if backend == "triton" else torch.device("cpu")
+    if dev.type == "cpu" and backend == "triton" and not _backend.triton_interpret():
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    n, d = 300, 16
+    x, codebooks = torch.randn(n, d, device=dev), torch.randn(num_levels, 5, d, device=dev)
+    want = ok.rq_assign(x, codebooks, backend="torch")
+    sizes = []
+    real_empty = torch.empty
+
+    def spy(*args, **kwargs):
+        out = real_empty(*args, **kwargs)
+        sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(torch, "empty", spy)  # the Triton launcher's allocations
+    if backend == "cpp":  # ATen allocates inside the op: look at what it returns instead
+        codes, residual = torch.ops.onerec_C.rq_assign(x, codebooks, False)
+        assert residual.numel() == 0
+    else:
+        codes = ok.rq_assign(x, codebooks, backend=backend)
+        assert max(sizes) < n * d, sizes
+        sizes.clear()
+        _, residual = ok.rq_assign(x, codebooks, return_residual=True, backend=backend)
+        assert sum(s >= n * d for s in sizes) == 1, sizes
+    agree = (codes == want).all(dim=1).float().mean().item()
+    assert _mostly(agree, n, 0.03)
+
+
+def test_triton_scratch_rows_do_not_grow_with_n():
+    from onerec_kernels.rq.triton_kernels import scratch_rows
+
+    cpu = torch.device("cpu")
+    assert scratch_rows(10, cpu) == 10
+    assert scratch_rows(1000, cpu) == 64  # the interpreter's chunk (so tests run several)
+    assert scratch_rows(10 ** 9, cpu) == scratch_rows(10 ** 5, cpu)
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        sms = torch.cuda.get_device_properties(cuda).multi_processor_count
+        assert scratch_rows(300, cuda) == 300
+        assert scratch_rows(10 ** 9, cuda) == 1024 * sms
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_peak_memory_without_residual():
+    """On the GPU: codes for 200k x 512 rows without the residual cost well under one fp32
+    N x D buffer (the scratch is per persistent program)."""
+    n, d = 200_000, 512
+    x = torch.randn(n, d, device="cuda", dtype=torch.float16)
+    codebooks = torch.randn(3, 256, d, device="cuda", dtype=torch.float16)
+    ok.rq_assign(x[:1000], codebooks, backend="triton")  # compile / tune outside the window
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    ok.rq_assign(x, codebooks, backend="triton")
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base < n * d * 4 // 2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_triton_on_second_device():
+    """Triton launches on the current device: the launcher must switch to the tensors' one."""
+    dev = torch.device("cuda", 1)
+    assert torch.cuda.current_device() != 1
+    x, codebooks = torch.randn(97, 64, device=dev), torch.randn(3, 300, 64, device=dev)
+    codes, residual = ok.rq_assign(x, codebooks, return_residual=True, backend="triton")
+    assert codes.device == dev and residual.device == dev
+    _check_greedy(x, codebooks, codes, RTOL[torch.float32], residual)
+    assign, sums, counts, _ = ok.kmeans_step(x, codebooks[0], backend="triton")
+    want = ok.kmeans_step(x.cpu(), codebooks[0].cpu(), backend="torch")
+    assert (assign.cpu() == want[0]).float().mean() > 0.97 and counts.sum().item() == 97
+
+
+def test_device_guard_switches_to_the_tensors_device():
+    from onerec_kernels._triton_tiles import device_guard
+
+    guard = device_guard(torch.device("cuda", 1))  # constructing it needs no GPU
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    with device_guard(torch.device("cpu")):
+        pass
+
+
+@pytest.mark.parametrize("dtype,tf32,family", [
+    (torch.float16, False, "fp16"), (torch.bfloat16, False, "fp16"),
+    (torch.float32, False, "fp32"), (torch.float32, True, "tf32")])
+def test_autotune_configs_are_pruned_to_the_operand_family(dtype, tf32, family, monkeypatch):
+    """Each operand family has its own tiles (fp32 FMA needs small ones, TF32 half the BLOCK_D
+    of fp16); the autotuner only ever tries the call's family."""
+    from onerec_kernels import _triton_tiles as tt
+
+    monkeypatch.setattr(tt, "triton_interpret", lambda: False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    monkeypatch.setenv("ONEREC_TRITON_AUTOTUNE", "quick")
+    configs = tt.autotune_configs("rq_assign")
+    precision = tt.dot_input_precision(dtype)
+    assert precision == ("tf32" if tf32 else "ieee")
+    kept = tt.prune_to_family(configs, {"x_ptr": torch.empty(1, dtype=dtype)},
+                              INPUT_PRECISION=precision)
+    want = {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_D"], c.kwargs["FLAT"])
+            for c in tt.family_configs("rq_assign", family, "quick")}
+    got = {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_D"], c.kwargs["FLAT"])
+           for c in kept}
+    assert got == want and len(kept) == len(want) >= 2
 
 
 @pytest.mark.parametrize("backend", ["triton"] + (["cpp"] if HAS_NATIVE else []))

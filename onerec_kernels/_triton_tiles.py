@@ -1,0 +1,196 @@
+"""Tile configs of the Triton kernels (data, one place), launch helpers, and the registry that
+scripts/triton_aot.py compiles ahead of time.
+
+Operand families. The tiled dot product of the nearest-code kernels runs on different hardware
+depending on its operands, so each family has its own tile list:
+
+- "fp16": fp16 / bf16 operands -> tensor cores (wgmma on sm_90), fp32 accumulation.
+- "tf32": fp32 operands with torch.backends.cuda.matmul.allow_tf32 = True -> tensor cores in
+  TF32 (10-bit mantissa products: assignments may then differ from the fp32 reference at
+  near-ties). Operands are twice as wide as fp16, so BLOCK_D is halved to keep the pipeline's
+  shared memory under the sm_90 limit.
+- "fp32": fp32 operands, the default (allow_tf32 is False in torch) -> exact fp32 FMA dot
+  products, no tensor cores; the accumulator and both operand slices live in registers, so the
+  tiles are small enough not to spill (see scripts/triton_aot.py for the numbers).
+
+The autotuner sees all families' configs; `prune_to_family` keeps the ones of the call's operand
+family before any tuning, so a config is only ever tried on operands it was sized for.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import triton
+
+from ._backend import triton_interpret
+
+# Per kernel and operand family: (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages, FLAT). FLAT
+# picks the loop shape (see onerec_kernels/rq/triton_kernels.py). The first entry is what
+# ONEREC_TRITON_AUTOTUNE=0 keeps, the first QUICK entries the "quick" list.
+#
+# Configs that spill heavily (> 256 B/thread of spill stores + loads, ptxas on sm_90a, from
+# `python scripts/triton_aot.py`, Triton 3.9) are not listed. Removed so far, with
+# (registers, spill stores/loads in bytes per thread):
+#   rq_assign bf16: 128x256x64 w8 s3 nested (255, 396/584) and flat (255, 1200/1596);
+#     256x128x64 w8 s3 nested (255, 596/868) and flat (255, 816/1256); 128x128x32 w4 s4 flat
+#     (255, 480/760).
+#   rq_assign tf32: 128x256x32 w8 s3 nested (255, 348/492) and flat (255, 848/1148).
+#   kmeans_step bf16: 128x256x64 w8 s3 nested (255, 228/220) and flat (255, 152/148).
+#   kmeans_step tf32: 128x256x32 w8 s3 nested (255, 192/180) and flat (255, 168/176).
+# fp32 (FMA dot, no tensor cores): small tiles, at most 92 B/thread of spills in either kernel.
+_FP32_FMA = [
+    (64, 128, 16, 8, 2, False),
+    (64, 128, 16, 8, 2, True),
+    (64, 64, 16, 4, 2, False),
+    (64, 64, 16, 4, 2, True),
+    (32, 64, 32, 4, 2, False),
+    (32, 64, 32, 4, 2, True),
+]
+# TF32 tensor cores: fp32 operands are twice as wide as bf16, hence BLOCK_D 32.
+_TF32 = [
+    (128, 128, 32, 8, 3, False),
+    (128, 128, 32, 8, 3, True),
+    (64, 128, 32, 4, 3, False),
+    (64, 128, 32, 4, 3, True),
+]
+TILES = {
+    "rq_assign": {
+        "fp16": [
+            (128, 128, 64, 8, 3, False),
+            (128, 128, 64, 8, 3, True),
+            (64, 128, 64, 4, 3, False),
+            (64, 128, 64, 4, 3, True),
+            (128, 128, 32, 4, 4, False),
+        ],
+        "tf32": _TF32,
+        "fp32": _FP32_FMA,
+    },
+    "kmeans_step": {
+        "fp16": [
+            (128, 128, 64, 8, 3, False),
+            (128, 128, 64, 8, 3, True),
+            (256, 128, 64, 8, 3, False),
+            (256, 128, 64, 8, 3, True),
+            (128, 128, 32, 4, 4, False),
+            (128, 128, 32, 4, 4, True),
+            (64, 128, 64, 4, 3, False),
+            (64, 128, 64, 4, 3, True),
+        ],
+        "tf32": _TF32,
+        "fp32": _FP32_FMA,
+    },
+}
+FAMILIES = ("fp16", "tf32", "fp32")
+QUICK = 4
+INTERPRET_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_D": 64, "FLAT": True}
+
+
+def _config(tile) -> triton.Config:
+    bn, bk, bd, warps, stages, flat = tile
+    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "FLAT": flat},
+                         num_warps=warps, num_stages=stages)
+
+
+def family_configs(kernel: str, family: str, mode: str = "1") -> list[triton.Config]:
+    """GPU configs of `kernel` for one operand family: mode "1" all, "quick" the first QUICK,
+    "0" the first."""
+    tiles = TILES[kernel][family]
+    tiles = tiles[:1] if mode == "0" else tiles[:QUICK] if mode == "quick" else tiles
+    return [_config(t) for t in tiles]
+
+
+# Every config object handed to an autotuner, with its family (configs are matched by identity).
+_FAMILY_OF: dict[int, str] = {}
+
+
+def autotune_configs(kernel: str) -> list[triton.Config]:
+    """The autotune list of `kernel`: every family's configs (pruned per call by
+    `prune_to_family`). ONEREC_TRITON_AUTOTUNE=0 keeps one config per family (the tests set it:
+    they meet many (D, K, L) keys and each would cost a full sweep); =quick a short list
+    (scripts/device_check.sh, time-boxed). The interpreter accepts a single config only."""
+    if triton_interpret():
+        return [triton.Config(dict(INTERPRET_CONFIG))]
+    mode = os.environ.get("ONEREC_TRITON_AUTOTUNE", "1")
+    out = []
+    for family in FAMILIES:
+        for cfg in family_configs(kernel, family, mode):
+            _FAMILY_OF[id(cfg)] = family
+            out.append(cfg)
+    return out
+
+
+def operand_family(dtype: torch.dtype, input_precision: str) -> str:
+    if dtype in (torch.float16, torch.bfloat16):
+        return "fp16"
+    return "tf32" if input_precision == "tf32" else "fp32"
+
+
+def prune_to_family(configs, named_args, **kwargs):
+    """early_config_prune: keep the configs sized for this call's operands (dtype of x_ptr and
+    INPUT_PRECISION). Configs of unknown family (e.g. the interpreter's) are kept."""
+    family = operand_family(named_args["x_ptr"].dtype, kwargs["INPUT_PRECISION"])
+    kept = [c for c in configs if _FAMILY_OF.get(id(c), family) == family]
+    return kept or configs[:1]
+
+
+def dot_input_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision for operands of `dtype`: fp32 follows torch's TF32 switch
+    (torch.backends.cuda.matmul.allow_tf32, False by default: exact "ieee" fp32 products, the
+    reference's assignments) on the GPU, "ieee" in the interpreter; fp16/bf16 operands have
+    exact products in fp32 anyway."""
+    if dtype == torch.float32:
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 and not triton_interpret() else "ieee"
+    return "ieee"
+
+
+def device_guard(device: torch.device):
+    """Make `device` current for a launch: Triton launches on the *current* CUDA device and
+    stream, so tensors on cuda:1 would otherwise be read by a kernel running on cuda:0."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def launch(kernel, grid, *args, device: torch.device, config: dict | None = None,
+           **kwargs) -> None:
+    """Launch an autotuned kernel on `device`, or, with `config` (tile meta-parameters), its
+    plain JIT function with exactly that config: how tests cover every loop shape in the
+    interpreter."""
+    with device_guard(device):
+        if config is None:
+            kernel[grid](*args, **kwargs)
+        else:
+            kernel.fn[grid](*args, **kwargs, **config)
+
+
+# ---- ahead-of-time compilation registry (scripts/triton_aot.py) -----------------------------
+@dataclass(frozen=True)
+class AotKernel:
+    """How to compile one autotuned kernel without a GPU. specialize(family, config) returns
+    (signature, constexprs) for triton.compiler.ASTSource: the argument types a typical call
+    passes for that operand family, and every constexpr (the config's included)."""
+    name: str
+    kernel: object  # the triton.autotune object (its .fn is the JIT function)
+    specialize: Callable[[str, triton.Config], tuple[dict, dict]]
+
+
+AOT_KERNELS: list[AotKernel] = []
+
+
+def register_aot(name: str, kernel, specialize) -> None:
+    AOT_KERNELS.append(AotKernel(name, kernel, specialize))
+
+
+def aot_spec(family: str, config: triton.Config, args: dict[str, str], **constexprs):
+    """(signature, constexprs) for ASTSource: `args` maps each runtime argument to its Triton type,
+    "*op" standing for a pointer to the family's operand dtype (bf16 for "fp16"); the constexprs
+    get the family's INPUT_PRECISION and the config's meta-parameters."""
+    op = "bf16" if family == "fp16" else "fp32"
+    sig = {name: (f"*{op}" if t == "*op" else t) for name, t in args.items()}
+    const = {**constexprs, "INPUT_PRECISION": "tf32" if family == "tf32" else "ieee",
+             **config.kwargs}
+    return {**sig, **{name: "constexpr" for name in const}}, const
