@@ -119,10 +119,17 @@ fi
 $PY -c "import onerec_kernels as ok; print(ok.backends())" 2>&1 | tee -a "$OUTDIR/env.txt"
 
 if [ "$PHASE" != bench ]; then
+  # One seed for every worker (tests/_seed.py), printed so a failure replays.
+  export ONEREC_TEST_SEED=${ONEREC_TEST_SEED:-$(( RANDOM * 32768 + RANDOM ))}
+  echo "ONEREC_TEST_SEED=$ONEREC_TEST_SEED" >>"$OUTDIR/env.txt"
+  # pytest-xdist when the image has it: most of the tests' time is Triton compiling, which
+  # spreads over the 16 cores.
+  XDIST=""
+  $PY -c "import xdist" 2>/dev/null && XDIST="-n 8"
   # --continue-on-collection-errors: one broken file must not hide every other result.
   ONEREC_TRITON_AUTOTUNE=0 run_phase tests "$(box 32)" "$OUTDIR/tests.log" \
     $PY -m pytest tests -q -p no:cacheprovider --continue-on-collection-errors --maxfail=40 \
-    -rfE --junitxml="$OUTDIR/junit.xml" -o junit_family=xunit1
+    $XDIST -rfE --junitxml="$OUTDIR/junit.xml" -o junit_family=xunit1
   tail -n 20 "$OUTDIR/tests.log"
 fi
 
