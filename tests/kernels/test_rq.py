@@ -208,6 +208,10 @@ def test_no_n_by_d_buffer_without_residual(backend, num_levels, monkeypatch):
     n, d = 300, 16
     x, codebooks = torch.randn(n, d, device=dev), torch.randn(num_levels, 5, d, device=dev)
     want = ok.rq_assign(x, codebooks, backend="torch")
+    # Tune outside the window: the autotuner's first call allocates its own benchmarking buffers
+    # (Triton's 256 MB L2-flush buffer on the GPU), which are not the op's.
+    ok.rq_assign(x, codebooks, return_residual=True, backend=backend)
+    ok.rq_assign(x, codebooks, backend=backend)
     sizes = []
     real_empty = torch.empty
 
@@ -246,9 +250,10 @@ def test_triton_scratch_rows_do_not_grow_with_n():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_triton_peak_memory_without_residual():
-    """On the GPU: codes for 200k x 512 rows without the residual cost well under one fp32
-    N x D buffer (the scratch is per persistent program)."""
-    n, d = 200_000, 512
+    """On the GPU: codes for 1M x 512 rows without the residual cost well under one fp32
+    N x D buffer (the scratch is bounded: at most SMs x 1024 rows, 277 MB at D = 512 on an
+    H200, whatever N is; measured 281 MB at N = 200k, which is why N is large here)."""
+    n, d = 1_000_000, 512
     x = torch.randn(n, d, device="cuda", dtype=torch.float16)
     codebooks = torch.randn(3, 256, d, device="cuda", dtype=torch.float16)
     ok.rq_assign(x[:1000], codebooks, backend="triton")  # compile / tune outside the window
@@ -257,7 +262,7 @@ def test_triton_peak_memory_without_residual():
     torch.cuda.reset_peak_memory_stats()
     ok.rq_assign(x, codebooks, backend="triton")
     torch.cuda.synchronize()
-    assert torch.cuda.max_memory_allocated() - base < n * d * 4 // 2
+    assert torch.cuda.max_memory_allocated() - base < n * d * 4 // 4
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
