@@ -340,6 +340,10 @@ class RQKMeansTokenizer:
         for it in range(1, self.iters + 1):
             a_N, sums_KD, counts_K, inertia = self._assign(x_ND, c_KD)
             inertia = float(inertia)
+            if math.isinf(inertia):  # finite inputs (checked): float32 distances overflowed
+                raise ValueError(f"RQKMeansTokenizer.fit: the k-means inertia overflows float32 "
+                                 f"(embeddings up to {float(x_ND.abs().amax()):.3g} in "
+                                 f"magnitude): scale the embeddings down")
             history.append(inertia)
             if bar is not None:
                 bar.update(1)
