@@ -100,3 +100,11 @@ def test_nan_rows_keep_their_documented_behaviour():
     x[2] = float("nan")
     a, _, _, _ = ok.kmeans_step(x, torch.randn(3, 4), backend="torch")
     assert int(a[2]) == 0
+
+
+def test_tokenizer_fit_refuses_overflowing_embeddings():
+    from onerec.tokenizer import RQKMeansTokenizer
+
+    x = torch.randn(40, 4) * 1e30
+    with pytest.raises(ValueError, match="overflow float32"):
+        RQKMeansTokenizer(num_levels=1, codebook_size=4, iters=2).fit(x)

@@ -209,3 +209,10 @@ def test_run_prints_the_popularity_baseline_and_history_policy(monkeypatch, caps
     top = set(torch.sort(counts, descending=True, stable=True).indices[:8].tolist())
     expected = sum(int(t) in top for t in targets[:40]) / 40
     assert f"popularity baseline (top-8 train items) {expected:.3f}" in line
+
+
+def test_rq_with_fewer_points_than_codes_runs(capsys):
+    """item 4: `--num 10` (N < K = 256) failed inside torch.stack; level 0 now repeats rows."""
+    assert cli.main(["rq", "--device", "cpu", "--num", "10", "--dim", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "N=10 D=8 L=3 K=256" in out and "-" not in out.split("GFLOP/s")[0].split("(")[-1]
