@@ -6,6 +6,7 @@
         ...
     # on a clean exit: files renamed into out/tok, then manifest.json, last
     manifest = verify_result_folder("out/tok")       # loaders: refuse a partial or mixed folder
+    verify_result_file("out/tok/tokenizer.rqk")      # one file of a result folder, the same check
 
 Protocol (why each step):
 1. `__enter__` takes an exclusive lock on `<target>/.onerec.lock` (flock: the kernel drops it
@@ -236,3 +237,19 @@ def verify_result_folder(folder: str | os.PathLike) -> dict:
             fail(f"{name} does not match {MANIFEST} (size or sha256 differ: it was written by "
                  f"another run)")
     return manifest
+
+
+def verify_result_file(path: str | os.PathLike) -> None:
+    """Check a file that lives in a result folder (one holding manifest.json or the writers'
+    lock) against that folder's manifest: a file read on its own from an interrupted or mixed
+    folder is refused like the folder. A file outside any result folder passes unchecked."""
+    path = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(path)
+    if not (os.path.exists(os.path.join(folder, MANIFEST))
+            or os.path.exists(os.path.join(folder, LOCK))):
+        return
+    manifest = verify_result_folder(folder)
+    if name not in manifest["files"]:
+        raise IncompleteResultFolder(f"incomplete or mixed result folder: {folder}: {name} is "
+                                     f"not listed in {MANIFEST} (not written by the run that "
+                                     f"wrote the folder)")

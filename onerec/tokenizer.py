@@ -522,14 +522,14 @@ class RQKMeansTokenizer:
     def load(cls, path: str | os.PathLike, backend: str | None = None) -> "RQKMeansTokenizer":
         """Read a file written by `save` (format version 1). Raises TokenizerFormatError for
         another format or version, or a truncated / corrupt file. `path` may also be a result
-        folder (`onerec tokenize --out`): its manifest is checked first (onerec.results), and an
-        incomplete or mixed folder raises IncompleteResultFolder."""
+        folder (`onerec tokenize --out`); a result folder's manifest is checked first
+        (onerec.results), and an incomplete or mixed folder raises IncompleteResultFolder."""
+        from .results import verify_result_file
+
         name = os.fspath(path)
         if os.path.isdir(name):
-            from .results import verify_result_folder
-
-            verify_result_folder(name)
             name = os.path.join(name, RESULT_FILE)
+        verify_result_file(name)
         with open(name, "rb") as f:
             blob = f.read()
 

@@ -205,6 +205,12 @@ def test_semantic_ids_folder_round_trip_and_refusal(tmp_path, small_sids):
         load_semantic_ids(target)
     with pytest.raises(IncompleteResultFolder):
         RQKMeansTokenizer.load(target)
+    # the tokenizer file read on its own is checked against its folder too
+    with pytest.raises(IncompleteResultFolder, match="semantic_ids.pt does not match"):
+        RQKMeansTokenizer.load(target / "tokenizer.rqk")
+    (target / "manifest.json").unlink()  # an interrupted run: the lock file, no manifest
+    with pytest.raises(IncompleteResultFolder, match="no manifest.json"):
+        RQKMeansTokenizer.load(target / "tokenizer.rqk")
 
 
 def test_tokenizer_save_uses_a_private_temp_name(tmp_path, small_sids, monkeypatch):
