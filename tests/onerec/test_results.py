@@ -133,6 +133,7 @@ _WRITER = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, sys.argv[2])
     from onerec.results import ResultFolder
+    print("started", flush=True)
     run = 0
     while True:
         run += 1
@@ -145,7 +146,7 @@ _WRITER = textwrap.dedent("""
 
 
 def test_writer_killed_at_random_points_never_leaves_a_folder_that_loads_as_complete(tmp_path, seed):
-    """SIGKILL a writer that republishes a folder in a loop, after a random delay, 12 times;
+    """SIGKILL a writer that republishes a folder in a loop, a random time into the loop, 12 times;
     after each kill the folder either fails the check or holds exactly one run's files."""
     rng = random.Random(seed)
     target = tmp_path / "res"
@@ -155,13 +156,14 @@ def test_writer_killed_at_random_points_never_leaves_a_folder_that_loads_as_comp
     tags = set()
     for _ in range(12):
         proc = subprocess.Popen([sys.executable, str(script), str(target), str(REPO)],
-                                stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.05, 0.6))
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout.readline() == b"started\n"  # the kill lands inside the loop
+        time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL, err.decode()  # it was killed mid-loop
-        if not target.exists():
-            continue  # killed before it created the folder
+        if not (target / "part0.txt").exists() and not (target / "manifest.json").exists():
+            continue  # killed before its first publish
         try:
             tags.add(_assert_one_run(target))
             outcomes["complete"] += 1
