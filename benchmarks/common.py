@@ -4,7 +4,8 @@
   runs); small launches can be timed under a CUDA graph (`graph=True`). Never wall clock.
 - CPU times: median of many perf_counter runs (at least 5 and 1 s of runs) with the
   interquartile spread (CPU benchmarks are small and exist to compare our C++ paths with the
-  references in the same run, not to report absolute speed).
+  references in the same run, not to report absolute speed); `cpu_times_ms` times ours and the
+  anchors interleaved, which keeps their ratio steady on a loaded machine.
 - Every benchmark records in `benchmark.extra_info`: time, TFLOP/s and/or GB/s, percent of the
   peak measured *in the same run*, and the ratio to each anchor measured in the same run.
 - `--quick` (or ONEREC_BENCH_QUICK=1) shrinks shapes and repetitions (device_check.sh uses it).
@@ -58,24 +59,41 @@ def gpu_time_ms(fn: Callable[[], object], *, graph: bool = False, rep_ms: int | 
 
 def cpu_time_ms(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1,
                 min_time_s: float | None = None, max_repeats: int = 200) -> Timing:
-    """Median wall time of fn() in ms on the CPU, with its quartiles.
+    """Median wall time of fn() in ms on the CPU, with its quartiles (cpu_times_ms of one)."""
+    return cpu_times_ms({"fn": fn}, repeats=repeats, warmup=warmup, min_time_s=min_time_s,
+                        max_repeats=max_repeats)["fn"]
+
+
+def cpu_times_ms(fns: dict[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
+                 min_time_s: float | None = None, max_repeats: int = 200) -> dict[str, Timing]:
+    """Median wall time in ms of each fn, measured interleaved, with quartiles.
 
     A loaded machine makes single runs swing widely, so this samples at least
-    max(repeats, MIN_CPU_SAMPLES) runs and keeps sampling until min_time_s of timed runs
-    (default 1 s, 0.3 s with --quick) or max_repeats runs: a median of many short runs, with
-    the spread reported beside it rather than hidden.
+    max(repeats, MIN_CPU_SAMPLES) rounds and keeps going until min_time_s of timed runs
+    (default 1 s, 0.3 s with --quick) or max_repeats rounds. Each round runs every fn once, in
+    a rotating order, so a change of load hits ours and the anchors alike and their ratio stays
+    put (timing ours, then the anchor, puts any drift straight into the ratio).
     """
     min_time_s = (0.3 if quick() else 1.0) if min_time_s is None else min_time_s
+    names = list(fns)
     for _ in range(warmup):
-        fn()
-    times = []
-    while len(times) < max(repeats, MIN_CPU_SAMPLES) or (
-            sum(times) < min_time_s * 1e3 and len(times) < max_repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive")
-    return Timing(med, q1, q3, samples=len(times))
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    total, rounds = 0.0, 0
+    while rounds < max(repeats, MIN_CPU_SAMPLES) or (total < min_time_s * 1e3
+                                                     and rounds < max_repeats):
+        for name in names[rounds % len(names):] + names[:rounds % len(names)]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+            total += times[name][-1]
+        rounds += 1
+    out = {}
+    for name, ts in times.items():
+        q1, med, q3 = statistics.quantiles(ts, n=4, method="inclusive")
+        out[name] = Timing(med, q1, q3, samples=len(ts))
+    return out
 
 
 MIN_CPU_SAMPLES = 5

@@ -119,3 +119,12 @@ def test_terminal_summary_hook_prints_our_table(monkeypatch):
 def test_fit_benchmarks_time_the_fit(bench):
     """pytest-benchmark's row for a fit used to time `lambda: None` (644 ns)."""
     assert "lambda: None" not in (REPO / "benchmarks" / bench).read_text()
+
+
+def test_cpu_times_are_interleaved(monkeypatch):
+    """Ours and the anchor alternate (rotating order), so load drift lands in both."""
+    order = []
+    t = common.cpu_times_ms({"ours": lambda: order.append("o"), "anchor": lambda: order.append("a")},
+                            repeats=6, warmup=0, min_time_s=0.0)
+    assert t["ours"].samples == t["anchor"].samples == 6
+    assert "".join(order) == "oa" "ao" "oa" "ao" "oa" "ao"
