@@ -43,7 +43,8 @@ class Timing(float):
         return t
 
 
-def gpu_time_ms(fn: Callable[[], object], *, graph: bool = False, rep_ms: int | None = None) -> Timing:
+def gpu_time_ms(fn: Callable[[], object], *, graph: bool = False,
+                rep_ms: int | None = None) -> Timing:
     """Median device time of fn() in ms (CUDA events, L2 flushed), with its quartiles."""
     import triton.testing
 

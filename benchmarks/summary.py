@@ -59,10 +59,10 @@ def summarize(row: dict) -> dict:
         best = min(anchors, key=anchors.get)  # the fastest anchor is the fair one
         out.update({"anchor": best.removeprefix("anchor_"), "anchor ms": _fmt_ms(anchors[best]),
                     "ratio": f"{anchors[best] / ours:.2f}x" if ours > 0 else "-"})
-    for key, unit, scale in (("tflops", "TFLOP/s", 1.0), ("lloyd_tflops_lower_bound", "TFLOP/s", 1.0),
-                             ("cpp_gflops", "GFLOP/s", 1.0), ("gbps", "GB/s", 1.0)):
+    for key, unit in (("tflops", "TFLOP/s"), ("lloyd_tflops_lower_bound", "TFLOP/s"),
+                      ("cpp_gflops", "GFLOP/s"), ("gbps", "GB/s")):
         if _num(row, key) is not None:
-            out["rate"] = f"{_num(row, key) * scale:.3g} {unit}"
+            out["rate"] = f"{_num(row, key):.3g} {unit}"
             break
     pct = next((k for k in row if k.startswith("pct_of") and _num(row, k) is not None), None)
     if pct:
@@ -83,8 +83,9 @@ def format_table(rows: list[dict]) -> str:
     right = {"ours ms", "anchor ms", "ratio", "% peak"}
 
     def fmt(line):
-        return "  ".join(str(line[c]).rjust(width[c]) if c in right else str(line[c]).ljust(width[c])
-                         for c in COLUMNS).rstrip()
+        cells = (str(line[c]).rjust(width[c]) if c in right else str(line[c]).ljust(width[c])
+                 for c in COLUMNS)
+        return "  ".join(cells).rstrip()
 
     legend = ("ours / anchor: median ms (GPU: CUDA events; CPU: wall clock, >= 5 runs and >= 1 s); "
               "anchor: the fastest measured in the same run; ratio = anchor / ours (> 1: ours "

@@ -182,7 +182,7 @@ class ResultFolder:
             files[name] = {"sha256": _sha256(p), "bytes": os.path.getsize(p)}
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "command": self.command,
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"),
             "versions": _versions(), "config": self.config, "files": files,
         }
         tmp_manifest = os.path.join(self.tmp, MANIFEST)

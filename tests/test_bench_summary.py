@@ -96,7 +96,8 @@ def test_results_table_reads_a_folder_newest_file(tmp_path):
 def test_terminal_summary_hook_prints_our_table(monkeypatch):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_conftest", REPO / "benchmarks" / "conftest.py")
+    spec = importlib.util.spec_from_file_location("bench_conftest",
+                                                  REPO / "benchmarks" / "conftest.py")
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)
     monkeypatch.setattr(common, "ROWS", list(ROWS))
@@ -124,7 +125,7 @@ def test_fit_benchmarks_time_the_fit(bench):
 def test_cpu_times_are_interleaved(monkeypatch):
     """Ours and the anchor alternate (rotating order), so load drift lands in both."""
     order = []
-    t = common.cpu_times_ms({"ours": lambda: order.append("o"), "anchor": lambda: order.append("a")},
-                            repeats=6, warmup=0, min_time_s=0.0)
+    fns = {"ours": lambda: order.append("o"), "anchor": lambda: order.append("a")}
+    t = common.cpu_times_ms(fns, repeats=6, warmup=0, min_time_s=0.0)
     assert t["ours"].samples == t["anchor"].samples == 6
     assert "".join(order) == "oa" "ao" "oa" "ao" "oa" "ao"

@@ -55,7 +55,8 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 __all__ = [
     "Dataset", "Items", "Users", "Interactions", "Split", "TRAIN", "VALID", "TEST", "DROPPED",
-    "leave_one_out_split", "load_dataset", "parse_spec", "SPECS", "SyntheticConfig", "generate_synthetic",
+    "leave_one_out_split", "load_dataset", "parse_spec", "SPECS", "SyntheticConfig",
+    "generate_synthetic",
     "load_movielens_100k", "MovieLensFormatError", "PackedSequences", "Pathways",
     "build_pathways", "build_item_embeddings",
 ]

@@ -130,7 +130,8 @@ def test_trie_answers_like_the_set_of_tuples(cat):
     # the native build and the torch build agree part for part
     ref = _build_torch(codes, vocab)
     for t in range(num_levels):
-        assert torch.equal(trie.offsets[t], ref[2 * t]) and torch.equal(trie.tokens[t], ref[2 * t + 1])
+        assert torch.equal(trie.offsets[t], ref[2 * t])
+        assert torch.equal(trie.tokens[t], ref[2 * t + 1])
         prefixes = sorted({r[:t] for r in rows})
         assert trie.num_nodes(t) == (len(prefixes) if n else (1 if t == 0 else 0))
         widest = max((sum(1 for c in {r[t] for r in rows if r[:t] == p}) for p in prefixes),

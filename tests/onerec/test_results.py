@@ -145,7 +145,8 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-def test_writer_killed_at_random_points_never_leaves_a_folder_that_loads_as_complete(tmp_path, seed):
+def test_writer_killed_at_random_points_never_leaves_a_folder_that_loads_as_complete(tmp_path,
+                                                                                     seed):
     """SIGKILL a writer that republishes a folder in a loop, a random time into the loop, 12 times;
     after each kill the folder either fails the check or holds exactly one run's files."""
     rng = random.Random(seed)
