@@ -108,3 +108,12 @@ def test_tokenizer_fit_refuses_overflowing_embeddings():
     x = torch.randn(40, 4) * 1e30
     with pytest.raises(ValueError, match="overflow float32"):
         RQKMeansTokenizer(num_levels=1, codebook_size=4, iters=2).fit(x)
+
+
+def test_semantic_id_table_refuses_negative_item_ids():
+    """The table feeds the trie: -1 means "no item" in items_of and in search results."""
+    from onerec.semantic_ids import SemanticIdTable
+
+    with pytest.raises(ValueError, match=r"item_ids must be >= 0 \(-1 means no item\), got -1"):
+        SemanticIdTable(CODES, torch.tensor([0, 1, 2, -1, 9]), [3, 2])
+    assert len(SemanticIdTable(CODES, torch.tensor([0, 1, 2, 5, 9]), [3, 2])) == 5
