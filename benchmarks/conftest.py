@@ -19,3 +19,20 @@ def pytest_configure(config):
 @pytest.fixture
 def quick():
     return os.environ.get("ONEREC_BENCH_QUICK", "0") == "1"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Our own table, from the rows the benchmarks recorded (pytest-benchmark's table above it
+    times one round per row only so that its JSON keeps our extra_info)."""
+    import common
+    from summary import format_table
+
+    if not common.ROWS:
+        return
+    terminalreporter.section("onerec benchmark summary")
+    for line in format_table(common.ROWS).splitlines():
+        terminalreporter.write_line(line)
+    out = os.environ.get("ONEREC_BENCH_OUT")
+    if out:
+        terminalreporter.write_line(f"rows written to {common.results_file(out)}")

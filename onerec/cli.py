@@ -2,23 +2,80 @@
 
 `onerec run` is the main job on the embedded default (synthetic data, no downloads); other
 subcommands expose single stages. Every subcommand prints what ran where (backend, device).
+
+Every argument is checked before any compute starts. Exit status: 0 success, 2 a usage error
+(bad argument, unusable device/backend, unwritable --out), 1 a failure while working, 130 when
+interrupted (Ctrl-C). Result folders (--out) are all-or-nothing: see onerec.results.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
 import sys
 import time
 
 import torch
 
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class UsageError(ValueError):
+    """A bad request found before (or instead of) the work: exit status 2."""
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"int >= {low}"  # what argparse names in its messages
+    return parse
+
+
+def _device_arg(name: str) -> str:
+    """--device: 'auto', 'cpu' or 'cuda[:i]', checked against this machine at parse time."""
+    if name == "auto":
+        return name
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected auto | cpu | cuda[:i], got {name!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected auto | cpu | cuda[:i], got {name!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{name}: no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{name}: this machine has "
+                                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
+def _data_arg(spec: str) -> str:
+    from onerec.data import parse_spec
+
+    try:
+        kind, path = parse_spec(spec)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("load_dataset: ")) from None
+    if kind == "ml-100k":
+        import os
+
+        if not os.path.isdir(path):
+            raise argparse.ArgumentTypeError(f"{spec}: {path} is not a folder (expected the "
+                                             f"one holding u.data, u.item, u.user)")
+    return spec
+
 
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"onerec: --device {name}: no CUDA device is available")
-    return dev
+    return torch.device(name)
 
 
 def _sync(dev: torch.device) -> None:
@@ -26,28 +83,41 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def cmd_rq(args: argparse.Namespace) -> int:
-    """Batched RQ assignment on generated clustered data: codes, timing, backend, device."""
-    import onerec_kernels as ok
+def _resolve(module, requested: str | None, dev: torch.device, native_op: str) -> str:
     from onerec_kernels._backend import resolve
-    from onerec_kernels.rq.op import DEFAULT_ORDER, OP, SUPPORTED
+
+    return resolve(module.OP, requested, dev, module.SUPPORTED, module.DEFAULT_ORDER,
+                   native_op=native_op)
+
+
+# ------------------------------------------------------------------------------------ rq
+def check_rq(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
+    from onerec_kernels.rq import op as rq_op
 
     dev = _device(args.device)
+    return {"device": dev, "backend": _resolve(rq_op, args.backend, dev, "rq_assign")}
+
+
+def cmd_rq(args: argparse.Namespace, plan: dict) -> int:
+    """Batched RQ assignment on generated clustered data: codes, timing, backend, device."""
+    import onerec_kernels as ok
+
+    dev, backend = plan["device"], plan["backend"]
     dtype = getattr(torch, args.dtype)
     gen = torch.Generator().manual_seed(args.seed)
     # Clustered synthetic embeddings: K0 centres plus noise, so the codes carry structure.
     centres = torch.randn(args.codebook_size, args.dim, generator=gen)
     x = centres[torch.randint(0, args.codebook_size, (args.num,), generator=gen)]
     x = x + 0.3 * torch.randn(args.num, args.dim, generator=gen)
-    # Codebooks: level 0 from data rows, deeper levels from shrinking residual scales.
-    idx = torch.randperm(args.num, generator=gen)[: args.codebook_size]
-    levels = [x[idx % args.num]]
+    # Codebooks: level 0 from data rows (repeating rows when K > N), deeper levels from
+    # shrinking residual scales.
+    rows = torch.randperm(args.num, generator=gen)[torch.arange(args.codebook_size) % args.num]
+    levels = [x[rows]]
     for level in range(1, args.levels):
         levels.append(0.3 ** level * torch.randn(args.codebook_size, args.dim, generator=gen))
     codebooks = torch.stack(levels)
     x, codebooks = x.to(dev, dtype), codebooks.to(dev, dtype)
 
-    backend = resolve(OP, args.backend, dev, SUPPORTED, DEFAULT_ORDER, native_op="rq_assign")
     ok.rq_assign(x[:8], codebooks, backend=backend)  # warm-up (Triton compile, thread pool)
     _sync(dev)
     t0 = time.perf_counter()
@@ -80,18 +150,38 @@ def _print_quality(q: dict) -> None:
           f"({q.get('num_reassigned', 0)} items re-assigned)")
 
 
-def _tokenize(args: argparse.Namespace):
-    from onerec.data import load_dataset
-    from onerec.data.embeddings import format_report
-    from onerec.pipeline import build_semantic_ids
-    from onerec_kernels._backend import resolve
-    from onerec_kernels.kmeans.op import DEFAULT_ORDER, OP, SUPPORTED
+# ------------------------------------------------------------------------------ tokenize
+def check_tokenize(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
+    from onerec.results import ResultFolder
+    from onerec.tokenizer import RQKMeansTokenizer
+    from onerec_kernels.kmeans import op as kmeans_op
 
     dev = _device(args.device)
-    backend = resolve(OP, args.backend, dev, SUPPORTED, DEFAULT_ORDER, native_op="kmeans_step")
+    backend = _resolve(kmeans_op, args.backend, dev, "kmeans_step")
+    # The tokenizer's own checks, now rather than after the embeddings are built.
+    RQKMeansTokenizer(num_levels=args.levels, codebook_size=args.codebook_size, iters=args.iters,
+                      seed=args.seed, balanced=args.balanced, backend=backend)
+    out = None
+    if args.out:  # lock + private temp dir now: a busy, file or read-only --out fails here
+        config = {k: v for k, v in vars(args).items() if k not in ("func", "check")}
+        out = stack.enter_context(ResultFolder(args.out, command=args.command_line, config=config))
+    return {"device": dev, "backend": backend, "out": out}
+
+
+def _tokenize(args: argparse.Namespace, plan: dict):
+    from onerec.data import load_dataset
+    from onerec.data.embeddings import format_report
+    from onerec.pipeline import build_semantic_ids, save_semantic_ids
+
+    dev, backend, out = plan["device"], plan["backend"], plan["out"]
     t0 = time.perf_counter()
     ds = load_dataset(args.data)
     print(ds.summary(), f"[{time.perf_counter() - t0:.1f} s]")
+    capacity = args.codebook_size ** args.levels
+    if ds.num_items > capacity:
+        raise UsageError(f"{ds.num_items} items need distinct semantic IDs but --levels "
+                         f"{args.levels} x --codebook-size {args.codebook_size} hold only "
+                         f"{capacity}; raise one of them")
     print(f"tokenizer fit: kmeans_step backend={backend}  device={dev}")
     sids = build_semantic_ids(ds, dim=args.dim, fusion=args.fusion, num_levels=args.levels,
                               codebook_size=args.codebook_size, balanced=args.balanced,
@@ -101,119 +191,162 @@ def _tokenize(args: argparse.Namespace):
     _print_quality(sids.quality)
     print(f"  [embeddings {sids.seconds['embeddings']:.1f} s, tokenizer "
           f"{sids.seconds['tokenizer']:.1f} s]")
-    if args.out:
-        import json
-        import os
-
-        os.makedirs(args.out, exist_ok=True)
-        sids.tokenizer.save(os.path.join(args.out, "tokenizer.rqk"))
-        codes, item_ids = sids.table.export()
-        torch.save({"codes": codes, "item_ids": item_ids,
-                    "codebook_sizes": list(sids.tokenizer.codebook_sizes)},
-                   os.path.join(args.out, "semantic_ids.pt"))
-        with open(os.path.join(args.out, "tokenizer_report.json"), "w") as f:
-            json.dump({"quality": sids.quality, "embeddings": sids.embedding_report}, f,
-                      indent=1, default=float)
-        from onerec.profiling import plot_tokenizer_report
-
-        plot_tokenizer_report(sids.tokenizer.fit_codes_, sids.tokenizer.codebook_sizes,
-                              sids.quality, sids.embedding_report,
-                              os.path.join(args.out, "tokenizer_report.png"))
-        print(f"saved tokenizer.rqk, semantic_ids.pt, tokenizer_report.json and "
-              f"tokenizer_report.png to {args.out}")
+    if out is not None:
+        save_semantic_ids(sids, out)
+        names = out.commit()
+        print(f"saved {', '.join(names)} and manifest.json to {args.out}")
     return ds, sids
 
 
-def cmd_tokenize(args: argparse.Namespace) -> int:
+def cmd_tokenize(args: argparse.Namespace, plan: dict) -> int:
     """Item embeddings + RQ-KMeans tokenizer + one-to-one semantic-ID table, with its report."""
-    _tokenize(args)
+    _tokenize(args, plan)
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The main job on the chosen data (default: the embedded synthetic generator): tokenizer,
-    trie, and trie-constrained generation for the held-out users (recall of their test item)."""
-    from onerec.pipeline import build_trie, generate_for_split
-
-    import onerec_kernels as ok
-
-    from onerec_kernels._backend import resolve
+# ----------------------------------------------------------------------------------- run
+def check_run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
     from onerec_kernels.beam import op as beam_op
 
     dev = _device(args.device)
-    # Fail fast on an unusable backend request, before minutes of tokenizer work.
-    beam_backend = resolve(beam_op.OP, args.beam_backend, dev, beam_op.SUPPORTED,
-                           beam_op.DEFAULT_ORDER, native_op=beam_op.NATIVE_OP)
+    beam_backend = _resolve(beam_op, args.beam_backend, dev, beam_op.NATIVE_OP)
+    return {**check_tokenize(args, stack), "beam_backend": beam_backend}
+
+
+def cmd_run(args: argparse.Namespace, plan: dict) -> int:
+    """The main job on the chosen data (default: the embedded synthetic generator): tokenizer,
+    trie, and trie-constrained generation for the held-out users (recall of their test item)."""
+    import onerec_kernels as ok
+    from onerec.pipeline import build_trie, generate_for_split
+
+    dev, beam_backend = plan["device"], plan["beam_backend"]
     print(f"onerec run: data={args.data} device={dev} native={ok.native_available()} "
           f"beam backend={beam_backend}")
-    ds, sids = _tokenize(args)
+    ds, sids = _tokenize(args, plan)
     trie = build_trie(sids, dev)
     print(f"trie: {trie.num_items} items, levels {trie.num_levels}, "
           f"max branching {[trie.max_branching(t) for t in range(trie.num_levels)]}")
     gen = generate_for_split(ds, sids, trie, split="test", beam_width=args.beam_width,
                              max_users=args.max_users, backend=beam_backend)
-    users = len(gen.users)
-    print(f"generation: {users} users x {args.beam_width} beams in {gen.seconds * 1e3:.1f} ms "
+    users, w = len(gen.users), args.beam_width
+    print(f"generation: {users} users x {w} beams in {gen.seconds * 1e3:.1f} ms "
           f"(history-code prior as the model; backend={beam_backend}); "
-          f"legal items {gen.legal_fraction:.1%}; recall@{args.beam_width} of the held-out "
-          f"item {gen.recall:.3f}")
+          f"legal items {gen.legal_fraction:.1%}")
+    print(f"recall@{w} of the held-out item {gen.recall:.3f}  vs  popularity baseline "
+          f"(top-{w} train items) {gen.popularity_recall:.3f}; history items "
+          f"{'excluded' if gen.excludes_history else 'not excluded'} "
+          f"({gen.history_share:.1%} of generated items are in the user's history)")
     for u, tgt, row in list(zip(gen.users, gen.targets, gen.item_ids.tolist()))[:3]:
         print(f"  user {u}: held-out item {tgt}; generated {row[:8]}...")
     return 0
 
 
+# -------------------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.HelpFormatter):
+    """One line of help per option with its default appended (unless the help already says
+    what the default means, or there is none to show)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.option_strings and not any(
+                action.default is d for d in (None, False, argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="onerec", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    from onerec_kernels.beam import op as beam_op
+    from onerec_kernels.kmeans import op as kmeans_op
+    from onerec_kernels.rq import op as rq_op
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
-        sp.add_argument("--backend", default=None, help="torch | triton | cpp | cuda (default: fastest)")
-        sp.add_argument("--seed", type=int, default=0)
+    fmt = _HelpFormatter
+    intro, _, exit_status = __doc__.strip().split("\n\n")[:3]
+    p = argparse.ArgumentParser(prog="onerec", description=intro, epilog=exit_status,
+                                formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    positive, nonneg = _int_at_least(1), _int_at_least(0)
 
-    rq = sub.add_parser("rq", help="batched RQ assignment on generated data")
-    common(rq)
-    rq.add_argument("--num", type=int, default=20000)
-    rq.add_argument("--dim", type=int, default=64)
-    rq.add_argument("--levels", type=int, default=3)
-    rq.add_argument("--codebook-size", type=int, default=256)
-    rq.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    rq.set_defaults(func=cmd_rq)
+    def command(name: str, func, check, help: str):
+        doc = " ".join(func.__doc__.split())
+        sp = sub.add_parser(name, help=help, description=doc, formatter_class=fmt)
+        sp.set_defaults(func=func, check=check)
+        return sp
+
+    def common(sp: argparse.ArgumentParser, backends) -> None:
+        sp.add_argument("--device", default="auto", type=_device_arg,
+                        help="auto (CUDA when present, else CPU) | cpu | cuda[:i]")
+        sp.add_argument("--backend", default=None, choices=backends,
+                        help="kernel backend (default: the fastest available on --device)")
+        sp.add_argument("--seed", type=nonneg, default=0, help="random seed (data, k-means)")
+
+    rq = command("rq", cmd_rq, check_rq, "batched RQ assignment on generated data (timing)")
+    common(rq, rq_op.SUPPORTED)
+    rq.add_argument("--num", type=positive, default=20000, help="N, points to assign")
+    rq.add_argument("--dim", type=positive, default=64, help="D, embedding size")
+    rq.add_argument("--levels", type=positive, default=3, help="L, residual levels")
+    rq.add_argument("--codebook-size", type=positive, default=256, help="K, codes per level")
+    rq.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                    help="dtype of points and codebooks")
 
     def tokenizer_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data", default="synthetic", help="synthetic | ml-100k:PATH")
-        sp.add_argument("--dim", type=int, default=64, help="item embedding size")
+        sp.add_argument("--data", default="synthetic", type=_data_arg,
+                        help="synthetic | ml-100k:PATH (folder holding u.data, u.item, u.user)")
+        sp.add_argument("--dim", type=positive, default=64, help="item embedding size")
         sp.add_argument("--fusion", default="contrastive",
-                        choices=["contrastive", "concat", "content", "collaborative"])
-        sp.add_argument("--levels", type=int, default=3)
-        sp.add_argument("--codebook-size", type=int, default=32)
-        sp.add_argument("--iters", type=int, default=20)
+                        choices=["contrastive", "concat", "content", "collaborative"],
+                        help="how content and collaborative signals make item embeddings")
+        sp.add_argument("--levels", type=positive, default=3, help="semantic-ID levels L")
+        sp.add_argument("--codebook-size", type=positive, default=32, help="codes per level K")
+        sp.add_argument("--iters", type=nonneg, default=20, help="Lloyd iterations per level")
         sp.add_argument("--balanced", action="store_true", help="size-constrained k-means")
-        sp.add_argument("--out", default=None, help="folder for tokenizer + semantic IDs")
+        sp.add_argument("--out", default=None,
+                        help="result folder for tokenizer, semantic IDs and report (written "
+                             "all-or-nothing, with manifest.json)")
 
-    tok = sub.add_parser("tokenize", help="item embeddings + RQ-KMeans tokenizer + semantic IDs")
-    common(tok)
+    tok = command("tokenize", cmd_tokenize, check_tokenize,
+                  "item embeddings + RQ-KMeans tokenizer + semantic IDs")
+    common(tok, kmeans_op.SUPPORTED)
     tokenizer_args(tok)
-    tok.set_defaults(func=cmd_tokenize)
 
-    run = sub.add_parser("run", help="the main job: tokenizer, trie, constrained generation")
-    common(run)
+    run = command("run", cmd_run, check_run,
+                  "the main job: tokenizer, trie, constrained generation, recall")
+    common(run, kmeans_op.SUPPORTED)
     tokenizer_args(run)
-    run.add_argument("--beam-width", type=int, default=32)
-    run.add_argument("--max-users", type=int, default=None)
-    run.add_argument("--beam-backend", default=None, help="torch | cpp | cuda (default: fastest)")
-    run.set_defaults(func=cmd_run)
+    run.add_argument("--beam-width", type=positive, default=32,
+                     help="beams per user = items generated per user (recall@this)")
+    run.add_argument("--max-users", type=positive, default=None,
+                     help="score only the first this many held-out users (default: all)")
+    run.add_argument("--beam-backend", default=None, choices=beam_op.SUPPORTED,
+                     help="beam-search backend (default: the fastest available on --device)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit status (module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.command_line = shlex.join(["onerec", *argv])
+    prefix = f"onerec {args.command}"
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                plan = args.check(args, stack)
+            except (ValueError, TypeError, RuntimeError, OSError) as exc:
+                raise UsageError(str(exc)) from exc
+            return args.func(args, plan)
+    except UsageError as exc:
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted (nothing was published to --out)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
         # Our checks name the argument and the fix; a traceback would only bury that.
-        print(f"onerec {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -12,8 +12,14 @@ from onerec_kernels import SemanticIdTrie
 
 from .data import Dataset, build_item_embeddings, build_pathways
 from .generate import HistoryCodePrior, generate, recency_weights
+from .results import ResultFolder, verify_result_folder
 from .semantic_ids import SemanticIdTable
+from .tokenizer import RESULT_FILE as TOKENIZER_FILE
 from .tokenizer import RQKMeansTokenizer
+
+SEMANTIC_IDS_FILE = "semantic_ids.pt"
+REPORT_FILE = "tokenizer_report.json"
+PLOT_FILE = "tokenizer_report.png"
 
 
 @dataclass
@@ -47,6 +53,45 @@ def build_semantic_ids(dataset: Dataset, *, dim: int = 64, fusion: str = "contra
     return SemanticIds(emb, emb_report, tok, table, quality, seconds)
 
 
+def save_semantic_ids(sids: SemanticIds, out: ResultFolder, *, plot: bool = True) -> list[str]:
+    """Write the tokenizer stage's files into an open ResultFolder (published with its manifest
+    when the `with` block ends): tokenizer.rqk, semantic_ids.pt ({"codes": (N, L) int64,
+    "item_ids": (N,) int64, "codebook_sizes": L ints}, rows sorted by code tuple),
+    tokenizer_report.json and, with `plot`, tokenizer_report.png. Returns the file names."""
+    import json
+
+    sids.tokenizer.save(out.path(TOKENIZER_FILE))
+    codes, item_ids = sids.table.export()
+    torch.save({"codes": codes, "item_ids": item_ids,
+                "codebook_sizes": list(sids.tokenizer.codebook_sizes)}, out.path(SEMANTIC_IDS_FILE))
+    with open(out.path(REPORT_FILE), "w") as f:
+        json.dump({"quality": sids.quality, "embeddings": sids.embedding_report}, f, indent=1,
+                  default=float)
+    names = [TOKENIZER_FILE, SEMANTIC_IDS_FILE, REPORT_FILE]
+    if plot:
+        from .profiling import plot_tokenizer_report
+
+        plot_tokenizer_report(sids.tokenizer.fit_codes_, sids.tokenizer.codebook_sizes,
+                              sids.quality, sids.embedding_report, out.path(PLOT_FILE))
+        names.append(PLOT_FILE)
+    return names
+
+
+def load_semantic_ids(folder, backend: str | None = None) -> tuple[RQKMeansTokenizer, dict, dict]:
+    """(tokenizer, semantic_ids dict as saved, manifest) from a folder written by
+    save_semantic_ids; raises IncompleteResultFolder for an interrupted or mixed folder."""
+    import os
+
+    manifest = verify_result_folder(folder)
+    for name in (TOKENIZER_FILE, SEMANTIC_IDS_FILE):
+        if name not in manifest["files"]:
+            raise FileNotFoundError(f"{folder}: {name} is not in this result folder (written by "
+                                    f"{manifest.get('command')!r})")
+    tok = RQKMeansTokenizer.load(os.path.join(folder, TOKENIZER_FILE), backend=backend)
+    saved = torch.load(os.path.join(folder, SEMANTIC_IDS_FILE))
+    return tok, saved, manifest
+
+
 def build_trie(sids: SemanticIds, device: torch.device | str = "cpu") -> SemanticIdTrie:
     codes, item_ids = sids.table.export()
     return SemanticIdTrie(codes, sids.tokenizer.codebook_sizes, item_ids=item_ids).to(device)
@@ -60,6 +105,14 @@ class GenerationResult:
     recall: float  # fraction of users whose held-out item is among the W generated
     legal_fraction: float  # generated (finite-score) sequences that are real items
     seconds: float
+    # Baseline beside the headline: the beam_width most frequent items of the train split, the
+    # same list for every user, scored the same way (recall of the held-out item).
+    popularity_recall: float = float("nan")
+    # Share of generated items the user already had in the history fed to the model. Neither the
+    # generation nor the baseline excludes history items (a dataset that never repeats an item,
+    # like MovieLens, makes every such item a guaranteed miss).
+    history_share: float = float("nan")
+    excludes_history: bool = False
 
 
 def generate_for_split(dataset: Dataset, sids: SemanticIds, trie: SemanticIdTrie, *,
@@ -69,7 +122,15 @@ def generate_for_split(dataset: Dataset, sids: SemanticIds, trie: SemanticIdTrie
     and measure recall@beam_width of the held-out item."""
     users, targets, times = dataset.targets(split)
     if max_users is not None:
+        if isinstance(max_users, bool) or not isinstance(max_users, (int, np.integer)) \
+                or max_users < 1:
+            raise ValueError(f"generate_for_split: max_users must be an int >= 1 or None, "
+                             f"got {max_users!r}")
         users, targets, times = users[:max_users], targets[:max_users], times[:max_users]
+    if len(users) == 0:
+        raise ValueError(f"generate_for_split: {dataset.name} has no held-out users in split "
+                         f"{split!r} ({dataset.num_interactions} interactions): nothing to "
+                         f"generate or score")
     paths = build_pathways(dataset, users, times, lifelong_len=history)
     hist_items, _ = paths.lifelong.padded("item", max_len=history, pad_value=-1, align="right")
     hist_items = hist_items.to(torch.int64)
@@ -89,6 +150,14 @@ def generate_for_split(dataset: Dataset, sids: SemanticIds, trie: SemanticIdTrie
     finite = torch.isfinite(result.scores.cpu())
     legal = trie.contains(result.codes[finite].reshape(-1, trie.num_levels)).float().mean().item() \
         if finite.any() else 1.0
-    hit = (items == torch.as_tensor(targets, dtype=torch.int64)[:, None]).any(1)
-    recall = hit.float().mean().item() if len(users) else 0.0
-    return GenerationResult(users, targets, items, recall, legal, seconds)
+    target_col = torch.as_tensor(targets, dtype=torch.int64)[:, None]
+    recall = (items == target_col).any(1).float().mean().item()
+    train_items = torch.as_tensor(dataset.interactions.item[dataset.split.train], dtype=torch.int64)
+    counts = torch.bincount(train_items, minlength=dataset.num_items)
+    top = torch.sort(counts, descending=True, stable=True).indices[:beam_width]  # ties: lower id
+    popularity_recall = (top[None, :] == target_col).any(1).float().mean().item()
+    live = items >= 0
+    in_history = (items[:, :, None] == hist_items[:, None, :]).any(-1) & live
+    history_share = in_history.sum().item() / max(int(live.sum()), 1)
+    return GenerationResult(users, targets, items, recall, legal, seconds, popularity_recall,
+                            history_share)

@@ -74,6 +74,8 @@ class SemanticIdTable:
                 raise ValueError(f"codes at level {level} must be in [0, {k})")
         if torch.unique(item_ids).numel() != item_ids.numel():
             raise ValueError("item_ids must be unique")
+        if item_ids.numel() and int(item_ids.min()) < 0:  # -1 means "no item" in items_of
+            raise ValueError(f"item_ids must be >= 0 (-1 means no item), got {int(item_ids.min())}")
         keys = _keys(codes, sizes)
         if torch.unique(keys).numel() != keys.numel():
             raise ValueError("codes are not one-to-one (two items share a tuple); build the table "

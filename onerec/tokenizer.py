@@ -50,6 +50,7 @@ import json
 import math
 import os
 import struct
+import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -62,6 +63,7 @@ from ._progress import progress_bar
 FORMAT_MAGIC = b"ONERECRQ"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sII")  # magic, version, header length
+RESULT_FILE = "tokenizer.rqk"  # its name inside a result folder (onerec tokenize --out)
 
 # Candidates per evicted point in the balanced assignment's proposal rounds.
 _BALANCE_CANDIDATES = 32
@@ -339,6 +341,10 @@ class RQKMeansTokenizer:
         for it in range(1, self.iters + 1):
             a_N, sums_KD, counts_K, inertia = self._assign(x_ND, c_KD)
             inertia = float(inertia)
+            if math.isinf(inertia):  # finite inputs (checked): float32 distances overflowed
+                raise ValueError(f"RQKMeansTokenizer.fit: the k-means inertia overflows float32 "
+                                 f"(embeddings up to {float(x_ND.abs().amax()):.3g} in "
+                                 f"magnitude): scale the embeddings down")
             history.append(inertia)
             if bar is not None:
                 bar.update(1)
@@ -495,18 +501,36 @@ class RQKMeansTokenizer:
             "payload_bytes": len(payload),
             "payload_sha256": hashlib.sha256(payload).hexdigest(),
         }, sort_keys=True).encode("utf-8")
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "wb") as f:  # written whole, then renamed: no half-written file
-            f.write(_PREFIX.pack(FORMAT_MAGIC, FORMAT_VERSION, len(header)))
-            f.write(header)
-            f.write(payload)
-        os.replace(tmp, path)
+        # Written whole under a name unique to this call, then renamed: no half-written file,
+        # and two concurrent saves to one path never share (and interleave in) a temp file.
+        folder, base = os.path.split(os.path.abspath(os.fspath(path)))
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+        umask = os.umask(0)
+        os.umask(umask)
+        try:
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a saved file is not private
+            with os.fdopen(fd, "wb") as f:
+                f.write(_PREFIX.pack(FORMAT_MAGIC, FORMAT_VERSION, len(header)))
+                f.write(header)
+                f.write(payload)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str | None = None) -> "RQKMeansTokenizer":
         """Read a file written by `save` (format version 1). Raises TokenizerFormatError for
-        another format or version, or a truncated / corrupt file."""
+        another format or version, or a truncated / corrupt file. `path` may also be a result
+        folder (`onerec tokenize --out`); a result folder's manifest is checked first
+        (onerec.results), and an incomplete or mixed folder raises IncompleteResultFolder."""
+        from .results import verify_result_file
+
         name = os.fspath(path)
+        if os.path.isdir(name):
+            name = os.path.join(name, RESULT_FILE)
+        verify_result_file(name)
         with open(name, "rb") as f:
             blob = f.read()
 

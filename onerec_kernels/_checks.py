@@ -51,3 +51,37 @@ def check_dim(op: str, name: str, t: torch.Tensor, dim: int, expected: int, what
 def check_positive(op: str, name: str, value: int, what: str) -> None:
     if value < 1:
         raise ValueError(f"{op}: {what} ({name}) must be >= 1, got {value}")
+
+
+FP32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_distance_range(op: str, names: Sequence[str], tensors: Sequence[torch.Tensor],
+                         growth: float, what: str) -> None:
+    """Refuse inputs whose squared distances would overflow float32, the same way in every
+    backend (instead of inf inertia from one, all-zero codes from another, an overflow error
+    from a third).
+
+    With m the largest |value| of `tensors` (NaN ignored: NaN rows keep their documented
+    behaviour), the op's largest float32 quantity is bounded by growth * m^2, `growth` being
+    the op's own factor (e.g. 4 * N * D for a sum over N of ||x - c||^2 in D dimensions). Infinite
+    values are refused too. CPU tensors only: on CUDA the check would cost a host sync per call,
+    so the public ops document the unchecked (degenerate) result there instead.
+    """
+    if tensors[0].device.type != "cpu" or torch.compiler.is_compiling():
+        return  # (traced: values unknown; the eager call checks)
+    m = 0.0
+    for t in tensors:
+        if t.numel():
+            top = float(torch.linalg.vector_norm(t.detach(), ord=float("inf")))  # max |value|
+            if top != top:  # NaN somewhere: the max over the non-NaN entries
+                t = t.detach()
+                top = float(torch.where(torch.isnan(t), 0, t.abs()).amax())
+            m = max(m, top)
+    if m == float("inf"):
+        raise ValueError(f"{op}: {' / '.join(names)} hold an infinite value")
+    limit = (FP32_MAX / growth) ** 0.5
+    if m > limit:
+        raise ValueError(f"{op}: {' / '.join(names)} hold values up to {m:.3g} in magnitude; "
+                         f"{what} then overflow float32 (the bound for these shapes is "
+                         f"{limit:.3g}): scale the inputs down")

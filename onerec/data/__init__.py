@@ -25,26 +25,38 @@ def load_dataset(spec: str, **options) -> Dataset:
     "ml-100k:PATH": MovieLens-100K from folder PATH; options: positive_threshold, ties.
     Unknown specs raise ValueError, unknown options TypeError (both list what is valid).
     """
-    if not isinstance(spec, str):
-        raise TypeError(f"load_dataset: spec must be a str, got {type(spec).__name__}")
-    if spec == "synthetic":
+    kind, path = parse_spec(spec)
+    if kind == "synthetic":
         return generate_synthetic(**options)
-    if spec.startswith("ml-100k"):
-        _, sep, path = spec.partition(":")
-        if not sep or not path:
-            raise ValueError(f"load_dataset: spec {spec!r} needs a folder: 'ml-100k:PATH'")
+    if kind == "ml-100k":
         allowed = {"positive_threshold", "ties"}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise TypeError(f"load_dataset: unknown option(s) {unknown} for ml-100k; "
                             f"valid options: {sorted(allowed)}")
         return load_movielens_100k(path, **options)
+    raise AssertionError(kind)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """(kind, path) of a dataset spec: ("synthetic", None) or ("ml-100k", PATH). Only the exact
+    names are accepted ("ml-100k-bogus:PATH" is an error, not ml-100k); the path is not opened."""
+    if not isinstance(spec, str):
+        raise TypeError(f"load_dataset: spec must be a str, got {type(spec).__name__}")
+    if spec == "synthetic":
+        return "synthetic", None
+    kind, sep, path = spec.partition(":")
+    if kind == "ml-100k":
+        if not sep or not path:
+            raise ValueError(f"load_dataset: spec {spec!r} needs a folder: 'ml-100k:PATH'")
+        return kind, path
     raise ValueError(f"load_dataset: unknown spec {spec!r}; expected one of {list(SPECS)}")
 
 
 __all__ = [
     "Dataset", "Items", "Users", "Interactions", "Split", "TRAIN", "VALID", "TEST", "DROPPED",
-    "leave_one_out_split", "load_dataset", "SPECS", "SyntheticConfig", "generate_synthetic",
+    "leave_one_out_split", "load_dataset", "parse_spec", "SPECS", "SyntheticConfig",
+    "generate_synthetic",
     "load_movielens_100k", "MovieLensFormatError", "PackedSequences", "Pathways",
     "build_pathways", "build_item_embeddings",
 ]

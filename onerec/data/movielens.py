@@ -171,6 +171,8 @@ def _read_ratings(root: Path, user_index: dict[int, int], item_index: dict[int, 
         items.append(item_index[i])
         ratings.append(r)
         stamps.append(t)
+    if not users:  # an empty catalogue of ratings would "succeed" with nothing to learn or score
+        raise MovieLensFormatError(f"{path}: no ratings (the file is empty)")
     return (np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64),
             np.asarray(ratings, dtype=np.float32), np.asarray(stamps, dtype=np.int64))
 

@@ -14,6 +14,7 @@ A beam state is a node id of the current depth (the root is node 0 of depth 0); 
 """
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 import torch
@@ -54,16 +55,67 @@ def _build_torch(codes: torch.Tensor, vocab: Sequence[int]) -> list[torch.Tensor
     return out
 
 
+# The first level is a dense (V_0,) int64 table and every beam step scores a (B, W, V_t) row per
+# beam, so a vocabulary beyond 2^24 codes per level (semantic-ID codebooks hold 2^8 to 2^16) is
+# a mistake to report, not an allocation of terabytes to attempt.
+MAX_VOCAB = 2 ** 24
+
+
+def _vocab_sizes(op: str, vocab_size, num_levels: int) -> list[int]:
+    """vocab_size (an int, or a sequence of L ints, each in [1, MAX_VOCAB]) as L Python ints."""
+    def as_int(v, what: str) -> int:
+        if isinstance(v, bool) or not hasattr(v, "__index__"):  # numpy ints pass, floats do not
+            raise TypeError(f"{op}: {what} must be an int, got {type(v).__name__} ({v!r})")
+        return operator.index(v)
+
+    if isinstance(vocab_size, (str, bytes)) or not (
+            isinstance(vocab_size, Sequence) or hasattr(vocab_size, "__index__")):
+        raise TypeError(f"{op}: vocab_size must be an int or a sequence of L ints, got "
+                        f"{type(vocab_size).__name__} ({vocab_size!r})")
+    if isinstance(vocab_size, Sequence):
+        vocab = [as_int(v, f"vocab_size[{t}]") for t, v in enumerate(vocab_size)]
+    else:
+        vocab = [as_int(vocab_size, "vocab_size")] * num_levels
+    if len(vocab) != num_levels:
+        raise ValueError(f"{op}: vocab_size must have L = {num_levels} entries, got {len(vocab)}")
+    for t, v in enumerate(vocab):
+        if not 1 <= v <= MAX_VOCAB:
+            raise ValueError(f"{op}: vocab_size[{t}] must be in [1, 2^24], got {v}")
+    return vocab
+
+
+def _check_item_ids(op: str, ids: torch.Tensor) -> None:
+    """Item ids are >= 0 (-1 marks dead beams and padding in every result) and distinct (an
+    item is one leaf: a repeated id would be returned several times by one search)."""
+    if ids.numel() == 0:
+        return
+    neg = (ids < 0).nonzero()
+    if neg.numel():
+        r = int(neg[0])
+        raise ValueError(f"{op}: item_ids must be >= 0 (-1 marks padding and dead beams), got "
+                         f"item_ids[{r}] = {int(ids[r])}")
+    srt, order = torch.sort(ids, stable=True)
+    dup = (srt[1:] == srt[:-1]).nonzero()
+    if dup.numel():
+        j = int(dup[0])
+        a, b = sorted((int(order[j]), int(order[j + 1])))
+        raise ValueError(f"{op}: item_ids must be distinct: item_ids[{a}] == item_ids[{b}] == "
+                         f"{int(srt[j])}")
+
+
 class SemanticIdTrie:
     """Trie over the semantic IDs of a catalogue, for constrained beam search.
 
     Args:
         codes: (num_items, L) int64 semantic IDs, one row per item; rows must be distinct and
             codes[:, t] in [0, vocab_size[t]). Any device (built on the CPU, moved back).
-        vocab_size: int (same for every level) or a sequence of L ints, each >= 1.
-        item_ids: optional (num_items,) int64 ids returned for each row (default: the row index).
+        vocab_size: int (same for every level) or a sequence of L ints, each in [1, 2^24]
+            (a str, a float or a bool is a TypeError).
+        item_ids: optional (num_items,) int64 ids returned for each row (default: the row
+            index); distinct and >= 0, since -1 marks padding and dead beams.
 
-    Raises ValueError naming the rows for duplicate rows and for codes outside the vocabulary.
+    Raises ValueError naming the rows for duplicate rows, codes outside the vocabulary, and
+    repeated or negative item ids.
     """
 
     def __init__(self, codes: torch.Tensor, vocab_size: int | Sequence[int],
@@ -73,14 +125,7 @@ class SemanticIdTrie:
         n, num_levels = codes.shape
         if num_levels < 1:
             raise ValueError(f"{op}: codes must have L >= 1 columns, got shape {tuple(codes.shape)}")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, Sequence)):
-            raise TypeError(f"{op}: vocab_size must be an int or a sequence of L ints, got "
-                            f"{type(vocab_size).__name__}")
-        vocab = [int(vocab_size)] * num_levels if isinstance(vocab_size, int) else [int(v) for v in vocab_size]
-        if len(vocab) != num_levels:
-            raise ValueError(f"{op}: vocab_size must have L = {num_levels} entries, got {len(vocab)}")
-        if min(vocab) < 1:
-            raise ValueError(f"{op}: every vocab size must be >= 1, got {vocab}")
+        vocab = _vocab_sizes(op, vocab_size, num_levels)
         device = codes.device
         cpu_codes = codes.detach().to("cpu", torch.int64).contiguous()
         if n:
@@ -94,6 +139,7 @@ class SemanticIdTrie:
             if item_ids.shape[0] != n:
                 raise ValueError(f"{op}: item_ids must be (num_items,) = ({n},), got "
                                  f"{tuple(item_ids.shape)}")
+            _check_item_ids(op, item_ids.detach().to("cpu", torch.int64))
         if _native.available() and _native.has_kernel("trie_build", "CPU"):
             parts = torch.ops.onerec_C.trie_build(cpu_codes, vocab)
         else:
@@ -231,6 +277,10 @@ class SemanticIdTrie:
         if t >= self.num_levels:
             raise ValueError(f"allowed_next: prefixes must have t < L = {self.num_levels} columns, "
                              f"got {t}")
+        if self.num_nodes(t) == 0:  # an empty trie (no item): no prefix has a continuation
+            n = prefixes.shape[0]
+            return (torch.empty((n, 0), dtype=torch.int64, device=self.device),
+                    torch.zeros((n,), dtype=torch.int64, device=self.device))
         node = self._walk("allowed_next", prefixes, t)
         live = node >= 0
         s = node.clamp(min=0)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from .. import _backend, _native
-from .._checks import FLOATS, check_dim, check_positive, check_same, check_tensor
+from .._checks import (FLOATS, check_dim, check_distance_range, check_positive, check_same,
+                       check_tensor)
 from .reference import kmeans_step_reference
 
 OP = "kmeans_step"
@@ -75,6 +76,11 @@ def kmeans_step(x: torch.Tensor, centroids: torch.Tensor, *, backend: str | None
         inertia: 0-d float32, sum_i ||x_i - centroids[a_i]||^2 computed from the differences
             (not the norm trick), so it is >= 0 and accurate near convergence.
         The next centroids are sums / counts where counts > 0. No output requires grad.
+        Overflow: values so large that the squared distances or the inertia overflow float32
+        (max |value| above sqrt(FLT_MAX / (4 N D))), or infinite values, raise ValueError in
+        every backend for CPU tensors. On CUDA tensors that check is skipped (it would cost a
+        host sync per call) and such inputs give a degenerate answer (inertia inf, codes 0);
+        RQKMeansTokenizer.fit checks its inertia and raises there.
         Determinism: the torch and cpp backends are deterministic (cpp for a given
         torch.get_num_threads()); the Triton kernel accumulates sums and inertia with fp32
         atomics, so their last bits vary between runs.
@@ -87,6 +93,9 @@ def kmeans_step(x: torch.Tensor, centroids: torch.Tensor, *, backend: str | None
     x, centroids = x.detach(), centroids.detach()
     n, d = x.shape
     k = centroids.shape[0]
+    # inertia: a sum over N of ||x - c||^2 <= D (2m)^2
+    check_distance_range(OP, ("x", "centroids"), (x, centroids), 4.0 * max(n, 1) * d,
+                         "the squared distances and their sum (the inertia)")
     if n == 0:
         return (torch.empty((0,), dtype=torch.int64, device=x.device),
                 torch.zeros((k, d), dtype=torch.float32, device=x.device),

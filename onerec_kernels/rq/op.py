@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from .. import _backend, _native
-from .._checks import FLOATS, check_dim, check_positive, check_same, check_tensor
+from .._checks import (FLOATS, check_dim, check_distance_range, check_positive, check_same,
+                       check_tensor)
 from .reference import rq_assign_reference
 
 OP = "rq_assign"
@@ -97,6 +98,11 @@ def rq_assign(x: torch.Tensor, codebooks: torch.Tensor, *, return_residual: bool
     fp16/bf16 inputs accumulate in fp32; the residual is carried in fp32 between levels. Codes
     from different backends may differ only at genuine near-ties (rounding of the distances).
 
+    Overflow: values so large that the squared distances overflow float32 (max |value| above
+    sqrt(FLT_MAX / (4 D (L + 1)^2))), or infinite values, raise ValueError in every backend for
+    CPU tensors; on CUDA tensors that check is skipped (it would cost a host sync per call) and
+    such inputs give a degenerate answer (all codes 0).
+
     Returns:
         codes: (N, L) int64 in [0, K); and, when return_residual, residual: (N, D) in x's dtype,
         differentiable with respect to x and codebooks (straight-through for the argmin).
@@ -104,6 +110,10 @@ def rq_assign(x: torch.Tensor, codebooks: torch.Tensor, *, return_residual: bool
     _validate(x, codebooks)
     backend = _backend.resolve(OP, backend, x.device, SUPPORTED, DEFAULT_ORDER, native_op="rq_assign")
     n, d = x.shape
+    # The residual before level l is at most (l + 1) m per entry, so every score and distance is
+    # within D ((L + 1) m)^2 up to a small factor.
+    check_distance_range(OP, ("x", "codebooks"), (x, codebooks),
+                         4.0 * d * (codebooks.shape[0] + 1) ** 2, "the squared distances")
     if n == 0:
         codes = torch.empty((0, codebooks.shape[0]), dtype=torch.int64, device=x.device)
         return (codes, x.new_empty((0, d))) if return_residual else codes
