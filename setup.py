@@ -39,6 +39,13 @@ def _native_extensions():
 
     sources = _sources("csrc/core/*.cpp") + _sources("csrc/torch/*.cpp")
     cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wno-psabi"]
+    # libstdc++ must be the process's shared one (the one torch uses). On the GPU image
+    # (2026-11-30, torch 2.11.0+cu130, g++ 13.3) the extension came out with libstdc++ linked
+    # statically and its symbols exported: every TORCH_CHECK message (std::ostringstream) then
+    # mixed the two copies' locale state and segfaulted. An explicit -lstdc++ (placed before the
+    # driver's own, so the shared library satisfies it) links it dynamically; --exclude-libs
+    # keeps any static archive that still gets in from exporting (and interposing) its symbols.
+    link_flags = ["-lstdc++", "-Wl,--exclude-libs,ALL"] if os.name == "posix" else []
     define_macros = []
     force_cpu = os.environ.get("ONEREC_FORCE_CPU_BUILD", "0") == "1"
     with_cuda = (
@@ -58,6 +65,7 @@ def _native_extensions():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros + [("ONEREC_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx_flags + ["-DONEREC_WITH_CUDA=1"], "nvcc": nvcc_flags},
+            extra_link_args=link_flags,
         )
     else:
         ext = cpp_extension.CppExtension(
@@ -66,6 +74,7 @@ def _native_extensions():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
         )
     print(f"onerec-kernels: building the native extension (cuda={with_cuda}, "
           f"{len(sources)} sources)")

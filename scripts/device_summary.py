@@ -51,8 +51,7 @@ def main(outdir: str) -> int:
     try:
         import results_table
 
-        rows = os.path.join(outdir, "results.jsonl")
-        results_table.main(rows if os.path.exists(rows) else outdir)
+        results_table.main(outdir)  # the folder's newest results-*.jsonl
     except Exception as e:  # the table must print whatever else exists
         print(f"  no benchmark rows ({type(e).__name__}: {e})")
     return 0

@@ -4,6 +4,7 @@ GPU machine, but a syntax or type error must not wait for one)."""
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,33 @@ def test_native_extension_loaded():
     assert _native.available(), _native.LOAD_ERROR
     assert _native.has_kernel("rq_assign", "CPU")
     assert onerec_kernels.backends()["native"]
+
+
+@pytest.mark.skipif(not _native.available(), reason="native extension not built")
+def test_native_errors_raise_instead_of_crashing():
+    """A TORCH_CHECK failing inside the extension becomes a Python ValueError. Run in a child
+    process: on the first GPU run a statically linked libstdc++ made every such message segfault
+    (which would take the test process down with it)."""
+    code = ("import torch, onerec_kernels\n"
+            "try:\n"
+            "    torch.ops.onerec_C.trie_build(torch.tensor([[0, 1], [0, 1]]), [3, 3])\n"
+            "except ValueError as e:\n"
+            "    print('raised:', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert "raised: SemanticIdTrie: duplicate code rows: codes[0] == codes[1]" in proc.stdout
+
+
+@pytest.mark.skipif(not _native.available() or shutil.which("readelf") is None
+                    or not sys.platform.startswith("linux"), reason="Linux build with readelf")
+def test_extension_links_the_shared_libstdcxx():
+    """libstdc++ is a direct dependency (NEEDED), not a static copy inside the extension."""
+    so = _native._C.__file__
+    out = subprocess.run(["readelf", "-d", so], capture_output=True, text=True).stdout
+    assert "[libstdc++.so.6]" in out, out
+    syms = subprocess.run(["nm", "-D", "--defined-only", so], capture_output=True, text=True).stdout
+    assert "codecvt" not in syms, "libstdc++ symbols are defined (and exported) by the extension"
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
