@@ -170,6 +170,20 @@ if [ "$PHASE" != tests ]; then
       echo "--- ${files[$i]}: rc=$rc" >>"$OUTDIR/bench.log"
       cat "$OUTDIR/bench.tmp" >>"$OUTDIR/bench.log"
       grep -E "passed|failed|error" "$OUTDIR/bench.tmp" | tail -n 1
+      # A device fault: locate it in this same call (the first failing test, under
+      # compute-sanitizer's memcheck, on what is left of this file's share).
+      first=$(grep -m1 -oE "^FAILED [^ ]+" "$OUTDIR/bench.tmp" | cut -d' ' -f2)
+      san_left=$(( deadline - $(elapsed) - 10 ))
+      if grep -q "illegal memory access\|unspecified launch failure" "$OUTDIR/bench.tmp" \
+          && [ -n "$first" ] && [ "$san_left" -ge 30 ] && command -v compute-sanitizer >/dev/null; then
+        [ "$san_left" -gt 120 ] && san_left=120
+        section "memcheck $first (box ${san_left}s)"
+        echo "--- compute-sanitizer memcheck: $first" >>"$OUTDIR/bench.log"
+        ONEREC_TRITON_AUTOTUNE=0 timeout -s INT --kill-after=10 "$san_left" compute-sanitizer \
+          --tool memcheck --print-limit 5 $PY -m pytest "$first" -q -x -p no:cacheprovider \
+          --quick 2>&1 | grep -v "Host Frame" | head -n 80 >>"$OUTDIR/bench.log"
+        grep -m3 "Invalid\|ERROR SUMMARY" "$OUTDIR/bench.log" | tail -n 3
+      fi
     done
     rm -f "$OUTDIR/bench.tmp"
     # One results file for the table and the device tool's 8-file limit.
