@@ -33,15 +33,17 @@ from ._backend import triton_interpret
 # ONEREC_TRITON_AUTOTUNE=0 keeps, the first QUICK entries the "quick" list.
 #
 # Configs that spill heavily (> 256 B/thread of spill stores + loads, ptxas on sm_90a, from
-# `python scripts/triton_aot.py`, Triton 3.9) are not listed. Removed so far, with
-# (registers, spill stores/loads in bytes per thread):
-#   rq_assign bf16: 128x256x64 w8 s3 nested (255, 396/584) and flat (255, 1200/1596);
-#     256x128x64 w8 s3 nested (255, 596/868) and flat (255, 816/1256); 128x128x32 w4 s4 flat
-#     (255, 480/760).
-#   rq_assign tf32: 128x256x32 w8 s3 nested (255, 348/492) and flat (255, 848/1148).
-#   kmeans_step bf16: 128x256x64 w8 s3 nested (255, 228/220) and flat (255, 152/148).
-#   kmeans_step tf32: 128x256x32 w8 s3 nested (255, 192/180) and flat (255, 168/176).
-# fp32 (FMA dot, no tensor cores): small tiles, at most 92 B/thread of spills in either kernel.
+# `python scripts/triton_aot.py`, Triton 3.9) are not listed. Left out, with (registers, spill
+# stores/loads in bytes per thread) for the kernels as they are now:
+#   rq_assign bf16: 128x256x64 w8 s3 flat (255, 540/856); 256x128x64 w8 s3 flat (255, 372/512);
+#     128x128x32 w4 s4 flat (255, 164/268).
+#   rq_assign tf32: 128x256x32 w8 s3 flat (255, 960/1512 before the epilogue rework; not
+#     remeasured).
+#   kmeans_step tf32: 128x256x32 w8 s3 flat (255, 168/176 before the rework; not remeasured).
+# Light spills kept (the autotuner times them): rq_assign 128x256x64 w8 s3 nested (255,
+# 88/108), 256x128x64 w8 s3 nested (255, 100/144), tf32 128x256x32 nested (255, 88/108);
+# kmeans_step 128x256x64 flat (255, 96/92).
+# fp32 (FMA dot, no tensor cores): small tiles, at most 96 B/thread of spills in either kernel.
 _FP32_FMA = [
     (64, 128, 16, 8, 2, False),
     (64, 128, 16, 8, 2, True),
@@ -65,8 +67,10 @@ TILES = {
             (64, 128, 64, 4, 3, False),
             (64, 128, 64, 4, 3, True),
             (128, 128, 32, 4, 4, False),
+            (128, 256, 64, 8, 3, False),
+            (256, 128, 64, 8, 3, False),
         ],
-        "tf32": _TF32,
+        "tf32": _TF32 + [(128, 256, 32, 8, 3, False)],
         "fp32": _FP32_FMA,
     },
     "kmeans_step": {
@@ -79,8 +83,10 @@ TILES = {
             (128, 128, 32, 4, 4, True),
             (64, 128, 64, 4, 3, False),
             (64, 128, 64, 4, 3, True),
+            (128, 256, 64, 8, 3, False),
+            (128, 256, 64, 8, 3, True),
         ],
-        "tf32": _TF32,
+        "tf32": _TF32 + [(128, 256, 32, 8, 3, False)],
         "fp32": _FP32_FMA,
     },
 }
@@ -121,6 +127,13 @@ def autotune_configs(kernel: str) -> list[triton.Config]:
             _FAMILY_OF[id(cfg)] = family
             out.append(cfg)
     return out
+
+
+# triton.heuristics of the nearest-code kernels: K / D multiples of the tile need no masks.
+EVEN_TILES = {
+    "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
+    "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
+}
 
 
 def operand_family(dtype: torch.dtype, input_precision: str) -> str:
@@ -191,6 +204,7 @@ def aot_spec(family: str, config: triton.Config, args: dict[str, str], **constex
     get the family's INPUT_PRECISION and the config's meta-parameters."""
     op = "bf16" if family == "fp16" else "fp32"
     sig = {name: (f"*{op}" if t == "*op" else t) for name, t in args.items()}
+    # EVEN_*: production shapes (D = 512, K = 8192) are multiples of every tile.
     const = {**constexprs, "INPUT_PRECISION": "tf32" if family == "tf32" else "ieee",
-             **config.kwargs}
+             "EVEN_K": True, "EVEN_D": True, **config.kwargs}
     return {**sig, **{name: "constexpr" for name in const}}, const

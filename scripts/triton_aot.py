@@ -138,7 +138,9 @@ def compile_one(entry, family: str, cfg, workdir: str) -> Row:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = entry.kernel.fn
+    fn = entry.kernel  # unwrap autotune / heuristics down to the JIT function
+    while not isinstance(fn, triton.runtime.JITFunction):
+        fn = fn.fn
     row = Row(entry.name, config_name(cfg), DTYPE_OF_FAMILY[family],
               threads=cfg.num_warps * 32)
     signature, constexprs = entry.specialize(family, cfg)

@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_tiles import (aot_spec, autotune_configs, dot_input_precision, launch,
-                             prune_to_family, register_aot)
+from .._triton_tiles import (EVEN_TILES, aot_spec, autotune_configs, dot_input_precision,
+                             launch, prune_to_family, register_aot)
 from ..rq.triton_kernels import nearest_code_tile
 
 
@@ -33,6 +33,7 @@ from ..rq.triton_kernels import nearest_code_tile
 @triton.autotune(configs=autotune_configs("kmeans_step"), key=["D", "K", "INPUT_PRECISION"],
                  prune_configs_by={"early_config_prune": prune_to_family},
                  reset_to_zero=["sums_ptr", "counts_ptr", "inertia_ptr"])
+@triton.heuristics(EVEN_TILES)
 @triton.jit
 def _kmeans_step_kernel(
     x_ptr,  # (N, D) input dtype, row stride stride_xn, unit column stride
@@ -51,6 +52,8 @@ def _kmeans_step_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     FLAT: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -59,7 +62,7 @@ def _kmeans_step_kernel(
     x_rows = x_ptr + rows64[:, None] * stride_xn
 
     _, best_idx = nearest_code_tile(x_rows, c_ptr, cnorm_ptr, row_mask, D, K, INPUT_PRECISION,
-                                    BLOCK_N, BLOCK_K, BLOCK_D, FLAT)
+                                    BLOCK_N, BLOCK_K, BLOCK_D, FLAT, EVEN_K, EVEN_D)
     idx64 = best_idx.to(tl.int64)
     tl.store(assign_ptr + rows64, idx64, mask=row_mask)
 
