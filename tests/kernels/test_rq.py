@@ -206,6 +206,10 @@ def test_no_n_by_d_buffer_without_residual(backend, num_levels, monkeypatch):
     if dev.type == "cpu" and backend == "triton" and not _backend.triton_interpret():
         pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
     n, d = 300, 16
+    if dev.type == "cuda":  # more rows than one launch's chunk (the scratch's size)
+        from onerec_kernels.rq.triton_kernels import scratch_rows
+
+        n = 2 * scratch_rows(10 ** 9, dev) + 5
     x, codebooks = torch.randn(n, d, device=dev), torch.randn(num_levels, 5, d, device=dev)
     want = ok.rq_assign(x, codebooks, backend="torch")
     sizes = []
