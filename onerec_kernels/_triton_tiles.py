@@ -168,11 +168,13 @@ def device_guard(device: torch.device):
     return contextlib.nullcontext()
 
 
-def launch(kernel, grid, *args, device: torch.device, config: dict | None = None,
-           **kwargs) -> None:
-    """Launch an autotuned kernel on `device`, or, with `config` (tile meta-parameters), its
-    plain JIT function with exactly that config: how tests cover every loop shape in the
-    interpreter."""
+def launch(kernel, grid, *args, device: torch.device, config=None, **kwargs) -> None:
+    """Launch an autotuned kernel on `device`, or, with `config`, its plain JIT function with
+    exactly that config: a dict of tile meta-parameters (how tests cover every loop shape in
+    the interpreter) or a triton.Config (num_warps / num_stages too: how a GPU test runs every
+    autotune config once)."""
+    if isinstance(config, triton.Config):
+        config = config.all_kwargs()
     with device_guard(device):
         if config is None:
             kernel[grid](*args, **kwargs)

@@ -83,7 +83,7 @@ def _kmeans_step_kernel(
     tl.atomic_add(inertia_ptr, tl.sum(tl.where(row_mask, sq, 0.0), axis=0), sem="relaxed")
 
 
-def kmeans_step_triton(x: torch.Tensor, centroids: torch.Tensor, *, config: dict | None = None
+def kmeans_step_triton(x: torch.Tensor, centroids: torch.Tensor, *, config=None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the fused kernel. x (N, D) with unit column stride, centroids (K, D) contiguous,
     same dtype; 1 <= N < 2^31 (checked by the caller). Returns assignments (N,) int64, sums

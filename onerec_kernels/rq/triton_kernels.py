@@ -227,11 +227,11 @@ def scratch_rows(n: int, device: torch.device) -> int:
 
 
 def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor, write_residual: bool, *,
-                     config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     config=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the fused kernel. x (N, D) with unit column stride, codebooks (L, K, D)
     contiguous, same dtype; N >= 1 (checked by the caller). Returns codes (N, L) int64 and, when
     write_residual, the final residual (N, D) in x's dtype (else None). config: force one tile
-    config (dict of BLOCK_N, BLOCK_K, BLOCK_D, FLAT) instead of autotuning.
+    config (a dict of BLOCK_N, BLOCK_K, BLOCK_D, FLAT, or a triton.Config) instead of autotuning.
 
     Memory: besides the outputs, a scratch of scratch_rows(N) x D in x's dtype when L > 1 (at most
     SMs * 1024 rows: N is launched in chunks of that many rows), and nothing N x D unless
