@@ -95,10 +95,17 @@ QUICK = 4
 INTERPRET_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_D": 64, "FLAT": True}
 
 
+def set_descriptor_block(nargs) -> None:
+    """Config pre_hook: a host tensor descriptor's block shape is the config's code tile."""
+    desc = nargs.get("cb_desc")
+    if desc is not None:
+        desc.block_shape = [nargs["BLOCK_K"], nargs["BLOCK_D"]]
+
+
 def _config(tile) -> triton.Config:
     bn, bk, bd, warps, stages, flat = tile
     return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "FLAT": flat},
-                         num_warps=warps, num_stages=stages)
+                         num_warps=warps, num_stages=stages, pre_hook=set_descriptor_block)
 
 
 def family_configs(kernel: str, family: str, mode: str = "1") -> list[triton.Config]:
@@ -119,7 +126,7 @@ def autotune_configs(kernel: str) -> list[triton.Config]:
     they meet many (D, K, L) keys and each would cost a full sweep); =quick a short list
     (scripts/device_check.sh, time-boxed). The interpreter accepts a single config only."""
     if triton_interpret():
-        return [triton.Config(dict(INTERPRET_CONFIG))]
+        return [triton.Config(dict(INTERPRET_CONFIG), pre_hook=set_descriptor_block)]
     mode = os.environ.get("ONEREC_TRITON_AUTOTUNE", "1")
     out = []
     for family in FAMILIES:
@@ -129,11 +136,35 @@ def autotune_configs(kernel: str) -> list[triton.Config]:
     return out
 
 
-# triton.heuristics of the nearest-code kernels: K / D multiples of the tile need no masks.
+# triton.heuristics of the nearest-code kernels: K / D multiples of the tile need no masks;
+# USE_TMA when the launcher passed a codebook descriptor (codebook_descriptor).
 EVEN_TILES = {
     "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
     "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
+    "USE_TMA": lambda args: args["cb_desc"] is not None,
 }
+
+
+def codebook_descriptor(codebook: torch.Tensor):
+    """A host tensor descriptor of a (rows, D) contiguous codebook for TMA loads (its block
+    shape is set per config by `set_descriptor_block`), or None where TMA cannot take it: rows
+    must be 16-byte multiples and the base 16-byte aligned (D % 8 == 0 for fp16/bf16, % 4 for
+    fp32), on CUDA or in the interpreter (which emulates it, so CPU tests cover the path), and
+    only with ONEREC_TRITON_TMA=1 on the GPU (see below)."""
+    if not (codebook.is_cuda or triton_interpret()):
+        return None
+    # Off by default on the GPU until a GPU run has verified it (on in the interpreter, so CI
+    # covers the path): ONEREC_TRITON_TMA=1 / 0 overrides.
+    if os.environ.get("ONEREC_TRITON_TMA", "1" if triton_interpret() else "0") != "1":
+        return None
+    row_bytes = codebook.shape[1] * codebook.element_size()
+    if row_bytes % 16 or codebook.data_ptr() % 16 or not codebook.is_contiguous():
+        return None
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:  # a Triton without host descriptors: pointer loads
+        return None
+    return TensorDescriptor.from_tensor(codebook, [1, 1])
 
 
 def operand_family(dtype: torch.dtype, input_precision: str) -> str:
@@ -175,6 +206,10 @@ def launch(kernel, grid, *args, device: torch.device, config=None, **kwargs) -> 
     autotune config once)."""
     if isinstance(config, triton.Config):
         config = config.all_kwargs()
+    if config is not None:  # no autotuner to run the config's pre_hook: size descriptors here
+        for arg in args:
+            if hasattr(arg, "block_shape") and hasattr(arg, "base"):
+                arg.block_shape = [config["BLOCK_K"], config["BLOCK_D"]]
     with device_guard(device):
         if config is None:
             kernel[grid](*args, **kwargs)
@@ -185,9 +220,10 @@ def launch(kernel, grid, *args, device: torch.device, config=None, **kwargs) -> 
 # ---- ahead-of-time compilation registry (scripts/triton_aot.py) -----------------------------
 @dataclass(frozen=True)
 class AotKernel:
-    """How to compile one autotuned kernel without a GPU. specialize(family, config) returns
-    (signature, constexprs) for triton.compiler.ASTSource: the argument types a typical call
-    passes for that operand family, and every constexpr (the config's included)."""
+    """How to compile one autotuned kernel without a GPU. specialize(family, config, tma)
+    returns (signature, constexprs) for triton.compiler.ASTSource: the argument types a typical
+    call passes for that operand family (codebook tiles through a TMA descriptor or pointers),
+    and every constexpr (the config's included)."""
     name: str
     kernel: object  # the triton.autotune object (its .fn is the JIT function)
     specialize: Callable[[str, triton.Config], tuple[dict, dict]]
@@ -200,13 +236,20 @@ def register_aot(name: str, kernel, specialize) -> None:
     AOT_KERNELS.append(AotKernel(name, kernel, specialize))
 
 
-def aot_spec(family: str, config: triton.Config, args: dict[str, str], **constexprs):
+def aot_spec(family: str, config: triton.Config, tma: bool, args: dict[str, str], **constexprs):
     """(signature, constexprs) for ASTSource: `args` maps each runtime argument to its Triton type,
-    "*op" standing for a pointer to the family's operand dtype (bf16 for "fp16"); the constexprs
+    "*op" standing for a pointer to the family's operand dtype (bf16 for "fp16") and "desc" for
+    the codebook's tensor descriptor (block BLOCK_K x BLOCK_D); the constexprs
     get the family's INPUT_PRECISION and the config's meta-parameters."""
     op = "bf16" if family == "fp16" else "fp32"
-    sig = {name: (f"*{op}" if t == "*op" else t) for name, t in args.items()}
-    # EVEN_*: production shapes (D = 512, K = 8192) are multiples of every tile.
+    kw = config.kwargs
+    desc = f"tensordesc<{op}[{kw['BLOCK_K']},{kw['BLOCK_D']}]>"
+    sig = {name: (f"*{op}" if t == "*op" else desc if t == "desc" else t)
+           for name, t in args.items()}
+    # Production shapes (D = 512, K = 8192): multiples of every tile, codebooks TMA-aligned.
     const = {**constexprs, "INPUT_PRECISION": "tf32" if family == "tf32" else "ieee",
-             "EVEN_K": True, "EVEN_D": True, **config.kwargs}
+             "EVEN_K": True, "EVEN_D": True, "USE_TMA": tma, **kw}
+    if not tma:  # the descriptor argument is None: a constexpr
+        sig = {name: ("constexpr" if t == "desc" else sig[name]) for name, t in args.items()}
+        const.update({name: None for name, t in args.items() if t == "desc"})
     return {**sig, **{name: "constexpr" for name in const}}, const

@@ -38,29 +38,37 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_tiles import (EVEN_TILES, aot_spec, autotune_configs, dot_input_precision,
-                             launch, prune_to_family, register_aot)
+from .._triton_tiles import (EVEN_TILES, aot_spec, autotune_configs, codebook_descriptor,
+                             dot_input_precision, launch, prune_to_family, register_aot)
 
 
 @triton.jit
-def _score_slice(acc, a_rows, cb_ptr, row_mask, ks, ds, D, K, op_dtype: tl.constexpr,
-                 INPUT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr):
-    """acc += a[:, ds] @ codebook[ks, ds]^T for one (code tile, D slice). EVEN_K / EVEN_D: K /
-    D are multiples of the tile, so those masks go (fewer predicate registers per load: with
-    them the 128x256 tile spilled ~30 % more)."""
+def _score_slice(acc, a_rows, cb_ptr, cb_desc, cb_row0, row_mask, k0, d0, offs_k, offs_d, D, K,
+                 op_dtype: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+                 EVEN_D: tl.constexpr, USE_TMA: tl.constexpr):
+    """acc += a[:, d0:d0+BLOCK_D] @ codebook[k0:k0+BLOCK_K, d0:d0+BLOCK_D]^T for one (code tile,
+    D slice). USE_TMA: the codebook tile comes through its tensor descriptor (rows cb_row0 + k0
+    of the (L * K, D) view; TMA zero-fills past the end, and codes past K are masked by their
+    +inf norm), so no thread holds a pointer or mask for it: the B tile's addresses were most of
+    the registers the 128x256 tile spilled. EVEN_K / EVEN_D (pointer path): K / D are multiples
+    of the tile, so those masks go."""
+    ks = k0 + offs_k
+    ds = d0 + offs_d
     if EVEN_D:
         a_mask = row_mask[:, None]
-        b_mask = (ks < K)[None, :]
     else:
-        d_mask = ds < D
-        a_mask = row_mask[:, None] & d_mask[None, :]
-        b_mask = (ks < K)[None, :] & d_mask[:, None]
+        a_mask = row_mask[:, None] & (ds < D)[None, :]
     a = tl.load(a_rows + ds[None, :], mask=a_mask, other=0.0).to(op_dtype)
-    b_ptrs = cb_ptr + ks[None, :].to(tl.int64) * D + ds[:, None]
-    if EVEN_K and EVEN_D:
-        b = tl.load(b_ptrs)
+    if USE_TMA:
+        b = cb_desc.load([cb_row0 + k0, d0]).T
     else:
-        b = tl.load(b_ptrs, mask=b_mask, other=0.0)
+        b_ptrs = cb_ptr + ks[None, :].to(tl.int64) * D + ds[:, None]
+        if EVEN_K and EVEN_D:
+            b = tl.load(b_ptrs)
+        elif EVEN_D:
+            b = tl.load(b_ptrs, mask=(ks < K)[None, :], other=0.0)
+        else:
+            b = tl.load(b_ptrs, mask=(ks < K)[None, :] & (ds < D)[:, None], other=0.0)
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
@@ -83,6 +91,8 @@ def _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val, best_idx, BLOCK_K: t
 def nearest_code_tile(
     a_rows,  # (BLOCK_N, 1) pointers to the starts of this program's rows (unit column stride)
     cb_ptr,  # (K, D) codebook, contiguous; its dtype is the tensor-core operand dtype
+    cb_desc,  # USE_TMA: tensor descriptor of the codebook rows (block BLOCK_K x BLOCK_D)
+    cb_row0,  # USE_TMA: the codebook's first row in cb_desc
     cnorm_ptr,  # (K,) fp32 squared norms of the codebook rows
     row_mask,  # (BLOCK_N,) which rows exist
     D,
@@ -94,6 +104,7 @@ def nearest_code_tile(
     FLAT: tl.constexpr,
     EVEN_K: tl.constexpr,
     EVEN_D: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Nearest code of BLOCK_N rows: streams the codebook in BLOCK_K-code tiles, scores
     ||c||^2 - 2 a.c with a tiled tl.dot over D (fp32 accumulation) and keeps a running
@@ -112,8 +123,9 @@ def nearest_code_tile(
         for it in range(0, tl.cdiv(K, BLOCK_K) * num_d):
             k0 = (it // num_d) * BLOCK_K
             d_it = it % num_d
-            acc = _score_slice(acc, a_rows, cb_ptr, row_mask, k0 + offs_k, d_it * BLOCK_D + offs_d,
-                               D, K, op_dtype, INPUT_PRECISION, EVEN_K, EVEN_D)
+            acc = _score_slice(acc, a_rows, cb_ptr, cb_desc, cb_row0, row_mask, k0, d_it * BLOCK_D,
+                               offs_k, offs_d, D, K, op_dtype, INPUT_PRECISION, EVEN_K, EVEN_D,
+                               USE_TMA)
             if d_it == num_d - 1:
                 best_val, best_idx = _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val,
                                                     best_idx, BLOCK_K)
@@ -122,8 +134,9 @@ def nearest_code_tile(
         for k0 in range(0, K, BLOCK_K):
             acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
             for d0 in range(0, D, BLOCK_D):
-                acc = _score_slice(acc, a_rows, cb_ptr, row_mask, k0 + offs_k, d0 + offs_d, D, K,
-                                   op_dtype, INPUT_PRECISION, EVEN_K, EVEN_D)
+                acc = _score_slice(acc, a_rows, cb_ptr, cb_desc, cb_row0, row_mask, k0, d0, offs_k,
+                                   offs_d, D, K, op_dtype, INPUT_PRECISION, EVEN_K, EVEN_D,
+                                   USE_TMA)
             best_val, best_idx = _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val, best_idx,
                                                 BLOCK_K)
     return best_val, best_idx
@@ -136,6 +149,7 @@ def nearest_code_tile(
 def _rq_assign_kernel(
     x_ptr,  # (N, D) input dtype, row stride stride_xn, unit column stride
     cb_ptr,  # (L, K, D) input dtype, contiguous
+    cb_desc,  # None, or a tensor descriptor of the (L * K, D) codebook rows (USE_TMA)
     cnorm_ptr,  # (L, K) fp32: ||codebooks[l, k]||^2
     codes_ptr,  # (N, L) int64
     scratch_ptr,  # (chunk rows, D) input dtype: the residual as the next level's dot operand
@@ -153,6 +167,7 @@ def _rq_assign_kernel(
     FLAT: tl.constexpr,
     EVEN_K: tl.constexpr,
     EVEN_D: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     # The launcher cuts N into chunks of at most scratch-many rows (one launch each), so the
     # residual scratch holds one chunk: row i of the chunk uses scratch row i.
@@ -169,15 +184,15 @@ def _rq_assign_kernel(
         # `level` is a compile-time constant: level 0 reads x directly, later levels the
         # residual operand the previous level left in the scratch rows.
         if level == 0:
-            best_val, best_idx = nearest_code_tile(x_rows, cb_level, cnorm_ptr + level * K,
-                                                   row_mask, D, K, INPUT_PRECISION,
-                                                   BLOCK_N, BLOCK_K, BLOCK_D, FLAT, EVEN_K,
-                                                   EVEN_D)
+            best_val, best_idx = nearest_code_tile(x_rows, cb_level, cb_desc, level * K,
+                                                   cnorm_ptr + level * K, row_mask, D, K,
+                                                   INPUT_PRECISION, BLOCK_N, BLOCK_K, BLOCK_D,
+                                                   FLAT, EVEN_K, EVEN_D, USE_TMA)
         else:
-            best_val, best_idx = nearest_code_tile(res_rows, cb_level, cnorm_ptr + level * K,
-                                                   row_mask, D, K, INPUT_PRECISION,
-                                                   BLOCK_N, BLOCK_K, BLOCK_D, FLAT, EVEN_K,
-                                                   EVEN_D)
+            best_val, best_idx = nearest_code_tile(res_rows, cb_level, cb_desc, level * K,
+                                                   cnorm_ptr + level * K, row_mask, D, K,
+                                                   INPUT_PRECISION, BLOCK_N, BLOCK_K, BLOCK_D,
+                                                   FLAT, EVEN_K, EVEN_D, USE_TMA)
         tl.store(codes_ptr + rows64 * L + level, best_idx.to(tl.int64), mask=row_mask)
 
         if (level < L - 1) or WRITE_RESIDUAL:
@@ -248,21 +263,22 @@ def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor, write_residual: b
                           device=x.device)
     out = torch.empty((n, d) if write_residual else (1, 1), dtype=x.dtype, device=x.device)
     precision = dot_input_precision(x.dtype)
+    cb_desc = codebook_descriptor(codebooks.view(num_levels * k, d))
     for start in range(0, n, chunk):  # kernels on one stream: each chunk reuses the scratch
         rows = min(chunk, n - start)
         grid = lambda meta, rows=rows: (triton.cdiv(rows, meta["BLOCK_N"]),)  # noqa: E731
-        launch(_rq_assign_kernel, grid, x[start:], codebooks, c_norm, codes[start:], scratch,
-               out[start:] if write_residual else out, rows, d, k, x.stride(0), L=num_levels,
-               WRITE_RESIDUAL=write_residual, INPUT_PRECISION=precision, device=x.device,
-               config=config)
+        launch(_rq_assign_kernel, grid, x[start:], codebooks, cb_desc, c_norm, codes[start:],
+               scratch, out[start:] if write_residual else out, rows, d, k, x.stride(0),
+               L=num_levels, WRITE_RESIDUAL=write_residual, INPUT_PRECISION=precision,
+               device=x.device, config=config)
     return codes, (out if write_residual else None)
 
 
-def _aot_spec(family: str, config) -> tuple[dict, dict]:
+def _aot_spec(family: str, config, tma: bool) -> tuple[dict, dict]:
     """A typical call: three levels, no residual asked for."""
-    return aot_spec(family, config, {
-        "x_ptr": "*op", "cb_ptr": "*op", "cnorm_ptr": "*fp32", "codes_ptr": "*i64",
-        "scratch_ptr": "*op", "out_ptr": "*op", "N": "i32", "D": "i32", "K": "i32",
+    return aot_spec(family, config, tma, {
+        "x_ptr": "*op", "cb_ptr": "*op", "cb_desc": "desc", "cnorm_ptr": "*fp32",
+        "codes_ptr": "*i64", "scratch_ptr": "*op", "out_ptr": "*op", "N": "i32", "D": "i32", "K": "i32",
         "stride_xn": "i32"}, L=3, WRITE_RESIDUAL=False)
 
 

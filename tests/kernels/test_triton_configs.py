@@ -3,7 +3,7 @@ the reference: a config the autotuner could pick must not miscompile (the tests'
 meets only the first config of each family, ONEREC_TRITON_AUTOTUNE=0). bf16 and exact fp32
 lists here; the TF32 list needs torch's TF32 switch and is compiled by tests/test_triton_aot.py.
 Shapes: K and D multiples of every tile (the mask-free EVEN path production shapes take) and
-ragged rows."""
+ragged rows. Each config runs with pointer loads of the codebook and with TMA descriptors."""
 from __future__ import annotations
 
 import pytest
@@ -14,15 +14,19 @@ pytestmark = [pytest.mark.gpu,
 
 
 def _configs(kernel):
+    """Every config with pointer loads of the codebook (the default), and the "quick" ones with
+    TMA descriptors too (opt-in ONEREC_TRITON_TMA=1 until verified here)."""
     from onerec_kernels._triton_tiles import family_configs
 
     out = []
     for family, dtype in (("fp16", torch.bfloat16), ("fp32", torch.float32)):
-        for cfg in family_configs(kernel, family):
-            kw = cfg.kwargs
-            name = (f"{family}-{kw['BLOCK_N']}x{kw['BLOCK_K']}x{kw['BLOCK_D']}-w{cfg.num_warps}"
-                    f"-s{cfg.num_stages}-{'flat' if kw['FLAT'] else 'nested'}")
-            out.append(pytest.param(cfg, dtype, id=name))
+        for loads, mode in (("pointers", "1"), ("tma", "quick")):
+            for cfg in family_configs(kernel, family, mode):
+                kw = cfg.kwargs
+                name = (f"{family}-{kw['BLOCK_N']}x{kw['BLOCK_K']}x{kw['BLOCK_D']}-"
+                        f"w{cfg.num_warps}-s{cfg.num_stages}-"
+                        f"{'flat' if kw['FLAT'] else 'nested'}-{loads}")
+                out.append(pytest.param(cfg, dtype, loads, id=name))
     return out
 
 
@@ -40,9 +44,11 @@ RTOL = {torch.bfloat16: 3e-2, torch.float32: 2e-5}
 N, D, K, L = 777, 192, 1024, 3
 
 
-@pytest.mark.parametrize("cfg,dtype", _configs("rq_assign"))
-def test_every_rq_assign_config(cfg, dtype):
+@pytest.mark.parametrize("cfg,dtype,loads", _configs("rq_assign"))
+def test_every_rq_assign_config(cfg, dtype, loads, monkeypatch):
     from onerec_kernels.rq.triton_kernels import rq_assign_triton
+
+    monkeypatch.setenv("ONEREC_TRITON_TMA", "1" if loads == "tma" else "0")
 
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(N, D, device="cuda", generator=g).to(dtype)
@@ -61,9 +67,11 @@ def test_every_rq_assign_config(cfg, dtype):
     assert torch.equal(residual, want.to(dtype))  # the kernel's fp32 walk, bit for bit
 
 
-@pytest.mark.parametrize("cfg,dtype", _configs("kmeans_step"))
-def test_every_kmeans_step_config(cfg, dtype):
+@pytest.mark.parametrize("cfg,dtype,loads", _configs("kmeans_step"))
+def test_every_kmeans_step_config(cfg, dtype, loads, monkeypatch):
     from onerec_kernels.kmeans.triton_kernels import kmeans_step_triton
+
+    monkeypatch.setenv("ONEREC_TRITON_TMA", "1" if loads == "tma" else "0")
 
     g = torch.Generator(device="cuda").manual_seed(1)
     x = torch.randn(N, D, device="cuda", generator=g).to(dtype)
