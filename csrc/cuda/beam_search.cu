@@ -19,6 +19,9 @@ constexpr int kLseThreads = 256;
 // Candidates per split block when a user's step is cut in two stages.
 constexpr int64_t kCandidatesPerSplit = 8192;
 constexpr int kMaxSplits = 16;
+// Bound of the per-step key cache (8 bytes per candidate; about twice the fp32 log-probs it
+// reads them from): beyond it the keys are recomputed in every radix pass, as without a cache.
+constexpr size_t kMaxKeyCacheBytes = size_t{256} << 20;
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
@@ -282,6 +285,10 @@ Workspace workspace_layout(const BeamStepArgs& a) {
   const int64_t cands = a.beams_in * (a.max_branching > 0 ? a.max_branching : 1);
   w.cache_cap = (cands + S - 1) / S;
   w.cache_bytes = static_cast<size_t>(a.batch) * S * w.cache_cap * sizeof(uint64_t);
+  if (w.cache_bytes > kMaxKeyCacheBytes) {  // a huge step recomputes its keys every pass
+    w.cache_cap = 0;
+    w.cache_bytes = 0;
+  }
   return w;
 }
 
