@@ -145,13 +145,17 @@ EVEN_TILES = {
 }
 
 
-def codebook_descriptor(codebook: torch.Tensor):
+def codebook_descriptor(codebook: torch.Tensor, input_precision: str):
     """A host tensor descriptor of a (rows, D) contiguous codebook for TMA loads (its block
     shape is set per config by `set_descriptor_block`), or None where TMA cannot take it: rows
     must be 16-byte multiples and the base 16-byte aligned (D % 8 == 0 for fp16/bf16, % 4 for
     fp32), on CUDA or in the interpreter (which emulates it, so CPU tests cover the path), and
-    only with ONEREC_TRITON_TMA=1 on the GPU (see below)."""
+    only with ONEREC_TRITON_TMA=1 on the GPU (see below). Not for the exact-fp32 FMA dot on the
+    GPU: it takes its operands from registers, and there TMA raised registers (174 -> 255 for
+    64x128x16) instead of saving them."""
     if not (codebook.is_cuda or triton_interpret()):
+        return None
+    if codebook.is_cuda and operand_family(codebook.dtype, input_precision) == "fp32":
         return None
     # Off by default on the GPU until a GPU run has verified it (on in the interpreter, so CI
     # covers the path): ONEREC_TRITON_TMA=1 / 0 overrides.

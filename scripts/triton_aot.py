@@ -194,8 +194,8 @@ def run(quick: bool, kernels: list[str] | None = None, families: list[str] | Non
                     continue
                 for cfg in family_configs(entry.name, family, "0" if quick else "1"):
                     # Codebook tiles by pointer loads (the default) and by TMA descriptors
-                    # (ONEREC_TRITON_TMA=1).
-                    for tma in (False, True):
+                    # (ONEREC_TRITON_TMA=1; tensor-core families only, see codebook_descriptor).
+                    for tma in (False, True) if family != "fp32" else (False,):
                         row = compile_one(entry, family, cfg, workdir, tma)
                         rows.append(row)
                         print(format_row(row), file=out, flush=True)

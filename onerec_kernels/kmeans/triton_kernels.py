@@ -100,10 +100,10 @@ def kmeans_step_triton(x: torch.Tensor, centroids: torch.Tensor, *, config=None
     counts = torch.zeros((k,), dtype=torch.int32, device=x.device)
     inertia = torch.zeros((1,), dtype=torch.float32, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    launch(_kmeans_step_kernel, grid, x, centroids, codebook_descriptor(centroids), c_norm,
-           assignments, sums, counts, inertia,
-           n, d, k, x.stride(0), INPUT_PRECISION=dot_input_precision(x.dtype), device=x.device,
-           config=config)
+    precision = dot_input_precision(x.dtype)
+    launch(_kmeans_step_kernel, grid, x, centroids, codebook_descriptor(centroids, precision),
+           c_norm, assignments, sums, counts, inertia, n, d, k, x.stride(0),
+           INPUT_PRECISION=precision, device=x.device, config=config)
     return assignments, sums, counts.to(torch.int64), inertia.reshape(())
 
 

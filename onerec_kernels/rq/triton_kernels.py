@@ -263,7 +263,7 @@ def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor, write_residual: b
                           device=x.device)
     out = torch.empty((n, d) if write_residual else (1, 1), dtype=x.dtype, device=x.device)
     precision = dot_input_precision(x.dtype)
-    cb_desc = codebook_descriptor(codebooks.view(num_levels * k, d))
+    cb_desc = codebook_descriptor(codebooks.view(num_levels * k, d), precision)
     for start in range(0, n, chunk):  # kernels on one stream: each chunk reuses the scratch
         rows = min(chunk, n - start)
         grid = lambda meta, rows=rows: (triton.cdiv(rows, meta["BLOCK_N"]),)  # noqa: E731
