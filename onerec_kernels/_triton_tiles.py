@@ -14,7 +14,14 @@ depending on its operands, so each family has its own tile list:
   tiles are small enough not to spill (see scripts/triton_aot.py for the numbers).
 
 The autotuner sees all families' configs; `prune_to_family` keeps the ones of the call's operand
-family before any tuning, so a config is only ever tried on operands it was sized for.
+family before any tuning, so a config is only ever tried on operands it was sized for. Under
+ONEREC_TRITON_AUTOTUNE=0 one config per family remains, so the pruning leaves a single one
+(Triton 3.9 then skips the timing; Triton 3.6 still times that one config once per key).
+
+Codebook loads: pointer loads by default; with ONEREC_TRITON_TMA=1, tensor-core families take
+the codebook tiles through a TMA tensor descriptor (`codebook_descriptor`), which frees the
+registers the per-thread addresses held (the rq 128x256 tile stops spilling). Off by default
+on the GPU until a GPU run has verified it (tests/kernels/test_triton_configs.py).
 """
 from __future__ import annotations
 
