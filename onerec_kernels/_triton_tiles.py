@@ -15,8 +15,8 @@ depending on its operands, so each family has its own tile list:
 
 The autotuner sees all families' configs; `prune_to_family` keeps the ones of the call's operand
 family before any tuning, so a config is only ever tried on operands it was sized for. Under
-ONEREC_TRITON_AUTOTUNE=0 one config per family remains, so the pruning leaves a single one
-(Triton 3.9 then skips the timing; Triton 3.6 still times that one config once per key).
+ONEREC_TRITON_AUTOTUNE=0 one config per family remains, and `launch` runs the call's family's
+one directly (no autotuner, so no Triton version times it).
 
 Codebook loads: pointer loads by default; with ONEREC_TRITON_TMA=1, tensor-core families take
 the codebook tiles through a TMA tensor descriptor (`codebook_descriptor`), which frees the
@@ -215,6 +215,9 @@ def launch(kernel, grid, *args, device: torch.device, config=None, **kwargs) -> 
     exactly that config: a dict of tile meta-parameters (how tests cover every loop shape in
     the interpreter) or a triton.Config (num_warps / num_stages too: how a GPU test runs every
     autotune config once)."""
+    if config is None and os.environ.get("ONEREC_TRITON_AUTOTUNE", "1") == "0":
+        # One config per family is left: take it directly, so no Triton version times it.
+        config = prune_to_family(kernel.configs, {"x_ptr": args[0]}, **kwargs)[0]
     if isinstance(config, triton.Config):
         config = config.all_kwargs()
     if config is not None:  # no autotuner to run the config's pre_hook: size descriptors here
