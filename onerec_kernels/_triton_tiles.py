@@ -14,7 +14,14 @@ depending on its operands, so each family has its own tile list:
   tiles are small enough not to spill (see scripts/triton_aot.py for the numbers).
 
 The autotuner sees all families' configs; `prune_to_family` keeps the ones of the call's operand
-family before any tuning, so a config is only ever tried on operands it was sized for.
+family before any tuning, so a config is only ever tried on operands it was sized for. Under
+ONEREC_TRITON_AUTOTUNE=0 one config per family remains, and `launch` runs the call's family's
+one directly (no autotuner, so no Triton version times it).
+
+Codebook loads: pointer loads by default; with ONEREC_TRITON_TMA=1, tensor-core families take
+the codebook tiles through a TMA tensor descriptor (`codebook_descriptor`), which frees the
+registers the per-thread addresses held (the rq 128x256 tile stops spilling). Off by default
+on the GPU until a GPU run has verified it (tests/kernels/test_triton_configs.py).
 """
 from __future__ import annotations
 
@@ -33,15 +40,17 @@ from ._backend import triton_interpret
 # ONEREC_TRITON_AUTOTUNE=0 keeps, the first QUICK entries the "quick" list.
 #
 # Configs that spill heavily (> 256 B/thread of spill stores + loads, ptxas on sm_90a, from
-# `python scripts/triton_aot.py`, Triton 3.9) are not listed. Removed so far, with
-# (registers, spill stores/loads in bytes per thread):
-#   rq_assign bf16: 128x256x64 w8 s3 nested (255, 396/584) and flat (255, 1200/1596);
-#     256x128x64 w8 s3 nested (255, 596/868) and flat (255, 816/1256); 128x128x32 w4 s4 flat
-#     (255, 480/760).
-#   rq_assign tf32: 128x256x32 w8 s3 nested (255, 348/492) and flat (255, 848/1148).
-#   kmeans_step bf16: 128x256x64 w8 s3 nested (255, 228/220) and flat (255, 152/148).
-#   kmeans_step tf32: 128x256x32 w8 s3 nested (255, 192/180) and flat (255, 168/176).
-# fp32 (FMA dot, no tensor cores): small tiles, at most 92 B/thread of spills in either kernel.
+# `python scripts/triton_aot.py`, Triton 3.9) are not listed. Left out, with (registers, spill
+# stores/loads in bytes per thread) for the kernels as they are now:
+#   rq_assign bf16: 128x256x64 w8 s3 flat (255, 540/856); 256x128x64 w8 s3 flat (255, 372/512);
+#     128x128x32 w4 s4 flat (255, 164/268).
+#   rq_assign tf32: 128x256x32 w8 s3 flat (255, 960/1512 before the epilogue rework; not
+#     remeasured).
+#   kmeans_step tf32: 128x256x32 w8 s3 flat (255, 168/176 before the rework; not remeasured).
+# Light spills kept (the autotuner times them): rq_assign 128x256x64 w8 s3 nested (255,
+# 88/108), 256x128x64 w8 s3 nested (255, 100/144), tf32 128x256x32 nested (255, 88/108);
+# kmeans_step 128x256x64 flat (255, 96/92).
+# fp32 (FMA dot, no tensor cores): small tiles, at most 96 B/thread of spills in either kernel.
 _FP32_FMA = [
     (64, 128, 16, 8, 2, False),
     (64, 128, 16, 8, 2, True),
@@ -65,8 +74,10 @@ TILES = {
             (64, 128, 64, 4, 3, False),
             (64, 128, 64, 4, 3, True),
             (128, 128, 32, 4, 4, False),
+            (128, 256, 64, 8, 3, False),
+            (256, 128, 64, 8, 3, False),
         ],
-        "tf32": _TF32,
+        "tf32": _TF32 + [(128, 256, 32, 8, 3, False)],
         "fp32": _FP32_FMA,
     },
     "kmeans_step": {
@@ -79,8 +90,10 @@ TILES = {
             (128, 128, 32, 4, 4, True),
             (64, 128, 64, 4, 3, False),
             (64, 128, 64, 4, 3, True),
+            (128, 256, 64, 8, 3, False),
+            (128, 256, 64, 8, 3, True),
         ],
-        "tf32": _TF32,
+        "tf32": _TF32 + [(128, 256, 32, 8, 3, False)],
         "fp32": _FP32_FMA,
     },
 }
@@ -89,10 +102,17 @@ QUICK = 4
 INTERPRET_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_D": 64, "FLAT": True}
 
 
+def set_descriptor_block(nargs) -> None:
+    """Config pre_hook: a host tensor descriptor's block shape is the config's code tile."""
+    desc = nargs.get("cb_desc")
+    if desc is not None:
+        desc.block_shape = [nargs["BLOCK_K"], nargs["BLOCK_D"]]
+
+
 def _config(tile) -> triton.Config:
     bn, bk, bd, warps, stages, flat = tile
     return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "FLAT": flat},
-                         num_warps=warps, num_stages=stages)
+                         num_warps=warps, num_stages=stages, pre_hook=set_descriptor_block)
 
 
 def family_configs(kernel: str, family: str, mode: str = "1") -> list[triton.Config]:
@@ -113,7 +133,7 @@ def autotune_configs(kernel: str) -> list[triton.Config]:
     they meet many (D, K, L) keys and each would cost a full sweep); =quick a short list
     (scripts/device_check.sh, time-boxed). The interpreter accepts a single config only."""
     if triton_interpret():
-        return [triton.Config(dict(INTERPRET_CONFIG))]
+        return [triton.Config(dict(INTERPRET_CONFIG), pre_hook=set_descriptor_block)]
     mode = os.environ.get("ONEREC_TRITON_AUTOTUNE", "1")
     out = []
     for family in FAMILIES:
@@ -121,6 +141,41 @@ def autotune_configs(kernel: str) -> list[triton.Config]:
             _FAMILY_OF[id(cfg)] = family
             out.append(cfg)
     return out
+
+
+# triton.heuristics of the nearest-code kernels: K / D multiples of the tile need no masks;
+# USE_TMA when the launcher passed a codebook descriptor (codebook_descriptor).
+EVEN_TILES = {
+    "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
+    "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
+    "USE_TMA": lambda args: args["cb_desc"] is not None,
+}
+
+
+def codebook_descriptor(codebook: torch.Tensor, input_precision: str):
+    """A host tensor descriptor of a (rows, D) contiguous codebook for TMA loads (its block
+    shape is set per config by `set_descriptor_block`), or None where TMA cannot take it: rows
+    must be 16-byte multiples and the base 16-byte aligned (D % 8 == 0 for fp16/bf16, % 4 for
+    fp32), on CUDA or in the interpreter (which emulates it, so CPU tests cover the path), and
+    only with ONEREC_TRITON_TMA=1 on the GPU (see below). Not for the exact-fp32 FMA dot on the
+    GPU: it takes its operands from registers, and there TMA raised registers (174 -> 255 for
+    64x128x16) instead of saving them."""
+    if not (codebook.is_cuda or triton_interpret()):
+        return None
+    if codebook.is_cuda and operand_family(codebook.dtype, input_precision) == "fp32":
+        return None
+    # Off by default on the GPU until a GPU run has verified it (on in the interpreter, so CI
+    # covers the path): ONEREC_TRITON_TMA=1 / 0 overrides.
+    if os.environ.get("ONEREC_TRITON_TMA", "1" if triton_interpret() else "0") != "1":
+        return None
+    row_bytes = codebook.shape[1] * codebook.element_size()
+    if row_bytes % 16 or codebook.data_ptr() % 16 or not codebook.is_contiguous():
+        return None
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:  # a Triton without host descriptors: pointer loads
+        return None
+    return TensorDescriptor.from_tensor(codebook, [1, 1])
 
 
 def operand_family(dtype: torch.dtype, input_precision: str) -> str:
@@ -155,11 +210,20 @@ def device_guard(device: torch.device):
     return contextlib.nullcontext()
 
 
-def launch(kernel, grid, *args, device: torch.device, config: dict | None = None,
-           **kwargs) -> None:
-    """Launch an autotuned kernel on `device`, or, with `config` (tile meta-parameters), its
-    plain JIT function with exactly that config: how tests cover every loop shape in the
-    interpreter."""
+def launch(kernel, grid, *args, device: torch.device, config=None, **kwargs) -> None:
+    """Launch an autotuned kernel on `device`, or, with `config`, its plain JIT function with
+    exactly that config: a dict of tile meta-parameters (how tests cover every loop shape in
+    the interpreter) or a triton.Config (num_warps / num_stages too: how a GPU test runs every
+    autotune config once)."""
+    if config is None and os.environ.get("ONEREC_TRITON_AUTOTUNE", "1") == "0":
+        # One config per family is left: take it directly, so no Triton version times it.
+        config = prune_to_family(kernel.configs, {"x_ptr": args[0]}, **kwargs)[0]
+    if isinstance(config, triton.Config):
+        config = config.all_kwargs()
+    if config is not None:  # no autotuner to run the config's pre_hook: size descriptors here
+        for arg in args:
+            if hasattr(arg, "block_shape") and hasattr(arg, "base"):
+                arg.block_shape = [config["BLOCK_K"], config["BLOCK_D"]]
     with device_guard(device):
         if config is None:
             kernel[grid](*args, **kwargs)
@@ -170,9 +234,10 @@ def launch(kernel, grid, *args, device: torch.device, config: dict | None = None
 # ---- ahead-of-time compilation registry (scripts/triton_aot.py) -----------------------------
 @dataclass(frozen=True)
 class AotKernel:
-    """How to compile one autotuned kernel without a GPU. specialize(family, config) returns
-    (signature, constexprs) for triton.compiler.ASTSource: the argument types a typical call
-    passes for that operand family, and every constexpr (the config's included)."""
+    """How to compile one autotuned kernel without a GPU. specialize(family, config, tma)
+    returns (signature, constexprs) for triton.compiler.ASTSource: the argument types a typical
+    call passes for that operand family (codebook tiles through a TMA descriptor or pointers),
+    and every constexpr (the config's included)."""
     name: str
     kernel: object  # the triton.autotune object (its .fn is the JIT function)
     specialize: Callable[[str, triton.Config], tuple[dict, dict]]
@@ -185,12 +250,20 @@ def register_aot(name: str, kernel, specialize) -> None:
     AOT_KERNELS.append(AotKernel(name, kernel, specialize))
 
 
-def aot_spec(family: str, config: triton.Config, args: dict[str, str], **constexprs):
+def aot_spec(family: str, config: triton.Config, tma: bool, args: dict[str, str], **constexprs):
     """(signature, constexprs) for ASTSource: `args` maps each runtime argument to its Triton type,
-    "*op" standing for a pointer to the family's operand dtype (bf16 for "fp16"); the constexprs
+    "*op" standing for a pointer to the family's operand dtype (bf16 for "fp16") and "desc" for
+    the codebook's tensor descriptor (block BLOCK_K x BLOCK_D); the constexprs
     get the family's INPUT_PRECISION and the config's meta-parameters."""
     op = "bf16" if family == "fp16" else "fp32"
-    sig = {name: (f"*{op}" if t == "*op" else t) for name, t in args.items()}
+    kw = config.kwargs
+    desc = f"tensordesc<{op}[{kw['BLOCK_K']},{kw['BLOCK_D']}]>"
+    sig = {name: (f"*{op}" if t == "*op" else desc if t == "desc" else t)
+           for name, t in args.items()}
+    # Production shapes (D = 512, K = 8192): multiples of every tile, codebooks TMA-aligned.
     const = {**constexprs, "INPUT_PRECISION": "tf32" if family == "tf32" else "ieee",
-             **config.kwargs}
+             "EVEN_K": True, "EVEN_D": True, "USE_TMA": tma, **kw}
+    if not tma:  # the descriptor argument is None: a constexpr
+        sig = {name: ("constexpr" if t == "desc" else sig[name]) for name, t in args.items()}
+        const.update({name: None for name, t in args.items() if t == "desc"})
     return {**sig, **{name: "constexpr" for name in const}}, const

@@ -44,6 +44,7 @@ class Row:
     kernel: str
     config: str
     dtype: str
+    loads: str
     registers: int = -1
     spill_stores: int = -1
     spill_loads: int = -1
@@ -133,15 +134,17 @@ def config_name(cfg) -> str:
 DTYPE_OF_FAMILY = {"fp16": "bf16", "tf32": "fp32-tf32", "fp32": "fp32"}
 
 
-def compile_one(entry, family: str, cfg, workdir: str) -> Row:
+def compile_one(entry, family: str, cfg, workdir: str, tma: bool = False) -> Row:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = entry.kernel.fn
-    row = Row(entry.name, config_name(cfg), DTYPE_OF_FAMILY[family],
+    fn = entry.kernel  # unwrap autotune / heuristics down to the JIT function
+    while not isinstance(fn, triton.runtime.JITFunction):
+        fn = fn.fn
+    row = Row(entry.name, config_name(cfg), DTYPE_OF_FAMILY[family], "tma" if tma else "ptr",
               threads=cfg.num_warps * 32)
-    signature, constexprs = entry.specialize(family, cfg)
+    signature, constexprs = entry.specialize(family, cfg, tma)
     # What the runtime specializes for real calls: 16-byte aligned pointers and sizes that are
     # multiples of 16 (D, K, row strides of production shapes), which enables vector loads.
     aligned = [i for i, name in enumerate(fn.arg_names)
@@ -190,26 +193,30 @@ def run(quick: bool, kernels: list[str] | None = None, families: list[str] | Non
                 if families and family not in families:
                     continue
                 for cfg in family_configs(entry.name, family, "0" if quick else "1"):
-                    row = compile_one(entry, family, cfg, workdir)
-                    rows.append(row)
-                    print(format_row(row), file=out, flush=True)
+                    # Codebook tiles by pointer loads (the default) and by TMA descriptors
+                    # (ONEREC_TRITON_TMA=1; tensor-core families only, see codebook_descriptor).
+                    for tma in (False, True) if family != "fp32" else (False,):
+                        row = compile_one(entry, family, cfg, workdir, tma)
+                        rows.append(row)
+                        print(format_row(row), file=out, flush=True)
     return rows
 
 
-HEADER = (f"{'kernel':<12} {'config':<26} {'dtype':<10} {'regs':>4} {'spill st/ld B':>13} "
-          f"{'smem KB':>8} {'compile s':>9}  status")
+HEADER = (f"{'kernel':<12} {'config':<26} {'dtype':<10} {'B':<4} {'regs':>4} "
+          f"{'spill st/ld B':>13} {'smem KB':>8} {'compile s':>9}  status")
 
 
 def format_row(r: Row) -> str:
     if r.error:
         status = f"COMPILE ERROR {r.error}"
-        return f"{r.kernel:<12} {r.config:<26} {r.dtype:<10} {'':>4} {'':>13} {'':>8} {r.seconds:9.1f}  {status}"
+        return (f"{r.kernel:<12} {r.config:<26} {r.dtype:<10} {r.loads:<4} {'':>4} {'':>13} "
+                f"{'':>8} {r.seconds:9.1f}  {status}")
     status = "cannot launch: " + r.cannot_launch if r.cannot_launch else "ok"
     if r.heavy_spill:
         status += " (heavy spill)"
     spill = f"{r.spill_stores}/{r.spill_loads}"
-    return (f"{r.kernel:<12} {r.config:<26} {r.dtype:<10} {r.registers:>4} {spill:>13} "
-            f"{r.smem / 1024:8.1f} {r.seconds:9.1f}  {status}")
+    return (f"{r.kernel:<12} {r.config:<26} {r.dtype:<10} {r.loads:<4} {r.registers:>4} "
+            f"{spill:>13} {r.smem / 1024:8.1f} {r.seconds:9.1f}  {status}")
 
 
 def main(argv=None) -> int:

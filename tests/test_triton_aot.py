@@ -31,5 +31,6 @@ def test_quick_subset_compiles_for_sm90():
     assert {"rq_assign", "kmeans_step"} <= kernels, table
     dtypes = {r[5] for r in rows}
     assert dtypes == {"bf16", "fp32-tf32", "fp32"}, table
+    assert {r[6] for r in rows} == {"ptr", "tma"}, table  # codebook tile loads, both ways
     for line in table.splitlines()[1:-1]:
         assert line.endswith("ok"), line  # no compile error, launchable, no heavy spill

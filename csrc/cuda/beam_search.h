@@ -6,10 +6,12 @@
 //   1. from_logits only: one block per (user, beam) row computes its log-sum-exp.
 //   2. select: block (b, s) takes split s of user b's candidates (live beams' children,
 //      flattened through a per-user prefix sum of child counts), finds the top beams_out keys
-//      by radix select over keys recomputed on the fly (8 bits a pass, usually 3-4 passes),
-//      then bitonic-sorts them in shared memory.
-//   3. num_splits > 1 (beams_out >= 512, many candidates): one block per user merges the
-//      splits' top lists the same way. Otherwise step 2 writes the outputs directly.
+//      by radix select (8 bits a pass, usually 3-4 passes; the first pass computes each key
+//      once into the workspace, later passes reread it; histograms aggregated per warp), then
+//      bitonic-sorts them in shared memory.
+//   3. num_splits > 1 (many candidates, and beams_out >= 512 or fewer users than 2 blocks per
+//      SM): one block per user merges the splits' top lists the same way. Otherwise step 2
+//      writes the outputs directly.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -48,7 +50,8 @@ struct BeamStepArgs {
 // How many blocks share one user's candidates (1: single stage).
 int beam_step_num_splits(const BeamStepArgs& args);
 
-// Bytes of device scratch beam_step_cuda needs (log-sum-exps and the splits' top lists).
+// Bytes of device scratch beam_step_cuda needs (log-sum-exps, the splits' top lists and the
+// cached candidate keys, W_in * max_branching per user).
 size_t beam_step_workspace_bytes(const BeamStepArgs& args);
 
 // Enqueues the step on `stream`; `workspace` holds beam_step_workspace_bytes(args) bytes

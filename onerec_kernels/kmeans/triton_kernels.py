@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_tiles import (aot_spec, autotune_configs, dot_input_precision, launch,
-                             prune_to_family, register_aot)
+from .._triton_tiles import (EVEN_TILES, aot_spec, autotune_configs, codebook_descriptor,
+                             dot_input_precision, launch, prune_to_family, register_aot)
 from ..rq.triton_kernels import nearest_code_tile
 
 
@@ -33,10 +33,12 @@ from ..rq.triton_kernels import nearest_code_tile
 @triton.autotune(configs=autotune_configs("kmeans_step"), key=["D", "K", "INPUT_PRECISION"],
                  prune_configs_by={"early_config_prune": prune_to_family},
                  reset_to_zero=["sums_ptr", "counts_ptr", "inertia_ptr"])
+@triton.heuristics(EVEN_TILES)
 @triton.jit
 def _kmeans_step_kernel(
     x_ptr,  # (N, D) input dtype, row stride stride_xn, unit column stride
     c_ptr,  # (K, D) input dtype, contiguous
+    cb_desc,  # None, or a tensor descriptor of the centroids (USE_TMA)
     cnorm_ptr,  # (K,) fp32: ||centroids[k]||^2
     assign_ptr,  # (N,) int64 out
     sums_ptr,  # (K, D) fp32, zeroed, accumulated with atomics
@@ -51,6 +53,9 @@ def _kmeans_step_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     FLAT: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -58,8 +63,9 @@ def _kmeans_step_kernel(
     rows64 = rows.to(tl.int64)
     x_rows = x_ptr + rows64[:, None] * stride_xn
 
-    _, best_idx = nearest_code_tile(x_rows, c_ptr, cnorm_ptr, row_mask, D, K, INPUT_PRECISION,
-                                    BLOCK_N, BLOCK_K, BLOCK_D, FLAT)
+    _, best_idx = nearest_code_tile(x_rows, c_ptr, cb_desc, 0, cnorm_ptr, row_mask, D, K,
+                                    INPUT_PRECISION, BLOCK_N, BLOCK_K, BLOCK_D, FLAT, EVEN_K,
+                                    EVEN_D, USE_TMA)
     idx64 = best_idx.to(tl.int64)
     tl.store(assign_ptr + rows64, idx64, mask=row_mask)
 
@@ -80,7 +86,7 @@ def _kmeans_step_kernel(
     tl.atomic_add(inertia_ptr, tl.sum(tl.where(row_mask, sq, 0.0), axis=0), sem="relaxed")
 
 
-def kmeans_step_triton(x: torch.Tensor, centroids: torch.Tensor, *, config: dict | None = None
+def kmeans_step_triton(x: torch.Tensor, centroids: torch.Tensor, *, config=None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the fused kernel. x (N, D) with unit column stride, centroids (K, D) contiguous,
     same dtype; 1 <= N < 2^31 (checked by the caller). Returns assignments (N,) int64, sums
@@ -94,15 +100,17 @@ def kmeans_step_triton(x: torch.Tensor, centroids: torch.Tensor, *, config: dict
     counts = torch.zeros((k,), dtype=torch.int32, device=x.device)
     inertia = torch.zeros((1,), dtype=torch.float32, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    launch(_kmeans_step_kernel, grid, x, centroids, c_norm, assignments, sums, counts, inertia,
-           n, d, k, x.stride(0), INPUT_PRECISION=dot_input_precision(x.dtype), device=x.device,
-           config=config)
+    precision = dot_input_precision(x.dtype)
+    launch(_kmeans_step_kernel, grid, x, centroids, codebook_descriptor(centroids, precision),
+           c_norm, assignments, sums, counts, inertia, n, d, k, x.stride(0),
+           INPUT_PRECISION=precision, device=x.device, config=config)
     return assignments, sums, counts.to(torch.int64), inertia.reshape(())
 
 
-def _aot_spec(family: str, config) -> tuple[dict, dict]:
-    return aot_spec(family, config, {
-        "x_ptr": "*op", "c_ptr": "*op", "cnorm_ptr": "*fp32", "assign_ptr": "*i64",
+def _aot_spec(family: str, config, tma: bool) -> tuple[dict, dict]:
+    return aot_spec(family, config, tma, {
+        "x_ptr": "*op", "c_ptr": "*op", "cb_desc": "desc", "cnorm_ptr": "*fp32",
+        "assign_ptr": "*i64",
         "sums_ptr": "*fp32", "counts_ptr": "*i32", "inertia_ptr": "*fp32", "N": "i32", "D": "i32",
         "K": "i32", "stride_xn": "i32"})
 

@@ -9,13 +9,16 @@ them; barriers order its threads' writes and reads), and the next level reads th
 Level 0 reads x directly; the last level writes the residual to the output only when the caller
 asked for it.
 
-Why the residual lives in a global fp32 buffer rather than registers: it is the A operand of
-the tiled GEMM, loaded in BLOCK_D slices, and Triton cannot slice a register tile; the program
+Why the residual lives in a global buffer rather than registers: it is the A operand of the
+tiled GEMM, loaded in BLOCK_D slices, and Triton cannot slice a register tile; the program
 rereads it from L2 (BLOCK_N x D is small) once per code tile, which is what a GEMM does anyway.
-The buffer holds one launch's rows, and N is launched in chunks of SMs * 1024 rows, so it
-stays small whatever N is. fp32 keeps the residual exact across levels; it is rounded to the input dtype only as the
-tensor-core operand. Which tensor cores (if any) run the dot: see onerec_kernels/_triton_tiles.py
-(fp32 inputs use exact fp32 FMA unless torch's TF32 switch is on).
+The buffer holds the operand only, in the input dtype (what the tensor cores take: no fp32 copy
+to load and convert on every code tile); the exact fp32 residual is rebuilt from x and the
+chosen codes at each update, in the reference's order, so rounding never accumulates. The
+buffer holds one launch's rows, and N is launched in chunks of SMs * 1024 rows, so it stays
+small whatever N is. Which tensor cores (if any) run the dot: see
+onerec_kernels/_triton_tiles.py (fp32 inputs use exact fp32 FMA unless torch's TF32 switch is
+on).
 
 FLOPs: 2*N*K*D per level (the norm trick); minimum bytes: read x and the codebooks once, write
 the codes (and the residual if asked): at N=1M, K=8192, D=512 that is ~26 TFLOP against ~1 GB,
@@ -35,24 +38,42 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_tiles import (aot_spec, autotune_configs, dot_input_precision, launch,
-                             prune_to_family, register_aot)
+from .._triton_tiles import (EVEN_TILES, aot_spec, autotune_configs, codebook_descriptor,
+                             dot_input_precision, launch, prune_to_family, register_aot)
 
 
 @triton.jit
-def _score_slice(acc, a_rows, cb_ptr, row_mask, ks, ds, D, K, op_dtype: tl.constexpr,
-                 INPUT_PRECISION: tl.constexpr):
-    """acc += a[:, ds] @ codebook[ks, ds]^T for one (code tile, D slice)."""
-    d_mask = ds < D
-    a = tl.load(a_rows + ds[None, :], mask=row_mask[:, None] & d_mask[None, :],
-                other=0.0).to(op_dtype)
-    b = tl.load(cb_ptr + ks[None, :].to(tl.int64) * D + ds[:, None],
-                mask=(ks < K)[None, :] & d_mask[:, None], other=0.0)
+def _score_slice(acc, a_rows, cb_ptr, cb_desc, cb_row0, row_mask, k0, d0, offs_k, offs_d, D, K,
+                 op_dtype: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+                 EVEN_D: tl.constexpr, USE_TMA: tl.constexpr):
+    """acc += a[:, d0:d0+BLOCK_D] @ codebook[k0:k0+BLOCK_K, d0:d0+BLOCK_D]^T for one (code tile,
+    D slice). USE_TMA: the codebook tile comes through its tensor descriptor (rows cb_row0 + k0
+    of the (L * K, D) view; TMA zero-fills past the end, and codes past K are masked by their
+    +inf norm), so no thread holds a pointer or mask for it: the B tile's addresses were most of
+    the registers the 128x256 tile spilled. EVEN_K / EVEN_D (pointer path): K / D are multiples
+    of the tile, so those masks go."""
+    ks = k0 + offs_k
+    ds = d0 + offs_d
+    if EVEN_D:
+        a_mask = row_mask[:, None]
+    else:
+        a_mask = row_mask[:, None] & (ds < D)[None, :]
+    a = tl.load(a_rows + ds[None, :], mask=a_mask, other=0.0).to(op_dtype)
+    if USE_TMA:
+        b = cb_desc.load([cb_row0 + k0, d0]).T
+    else:
+        b_ptrs = cb_ptr + ks[None, :].to(tl.int64) * D + ds[:, None]
+        if EVEN_K and EVEN_D:
+            b = tl.load(b_ptrs)
+        elif EVEN_D:
+            b = tl.load(b_ptrs, mask=(ks < K)[None, :], other=0.0)
+        else:
+            b = tl.load(b_ptrs, mask=(ks < K)[None, :] & (ds < D)[:, None], other=0.0)
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
 @triton.jit
-def _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val, best_idx):
+def _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val, best_idx, BLOCK_K: tl.constexpr):
     """Fold one code tile's dot products into the running (min, argmin) of each row."""
     ks = k0 + offs_k
     c_norm = tl.load(cnorm_ptr + ks, mask=ks < K, other=float("inf"))
@@ -60,7 +81,7 @@ def _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val, best_idx):
     # NaN never wins (all backends agree): an all-NaN row keeps code 0.
     scores = tl.where(scores == scores, scores, float("inf"))
     tile_min = tl.min(scores, axis=1)
-    tile_arg = tl.argmin(scores, axis=1, tie_break_left=True)
+    tile_arg = tl.min(tl.where(scores == tile_min[:, None], offs_k[None, :], BLOCK_K), axis=1)
     # Strict '<': an earlier tile keeps ties, so the lowest index wins overall.
     better = tile_min < best_val
     return tl.where(better, tile_min, best_val), tl.where(better, tile_arg + k0, best_idx)
@@ -70,6 +91,8 @@ def _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val, best_idx):
 def nearest_code_tile(
     a_rows,  # (BLOCK_N, 1) pointers to the starts of this program's rows (unit column stride)
     cb_ptr,  # (K, D) codebook, contiguous; its dtype is the tensor-core operand dtype
+    cb_desc,  # USE_TMA: tensor descriptor of the codebook rows (block BLOCK_K x BLOCK_D)
+    cb_row0,  # USE_TMA: the codebook's first row in cb_desc
     cnorm_ptr,  # (K,) fp32 squared norms of the codebook rows
     row_mask,  # (BLOCK_N,) which rows exist
     D,
@@ -79,6 +102,9 @@ def nearest_code_tile(
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     FLAT: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Nearest code of BLOCK_N rows: streams the codebook in BLOCK_K-code tiles, scores
     ||c||^2 - 2 a.c with a tiled tl.dot over D (fp32 accumulation) and keeps a running
@@ -97,31 +123,36 @@ def nearest_code_tile(
         for it in range(0, tl.cdiv(K, BLOCK_K) * num_d):
             k0 = (it // num_d) * BLOCK_K
             d_it = it % num_d
-            acc = _score_slice(acc, a_rows, cb_ptr, row_mask, k0 + offs_k, d_it * BLOCK_D + offs_d,
-                               D, K, op_dtype, INPUT_PRECISION)
+            acc = _score_slice(acc, a_rows, cb_ptr, cb_desc, cb_row0, row_mask, k0, d_it * BLOCK_D,
+                               offs_k, offs_d, D, K, op_dtype, INPUT_PRECISION, EVEN_K, EVEN_D,
+                               USE_TMA)
             if d_it == num_d - 1:
                 best_val, best_idx = _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val,
-                                                    best_idx)
+                                                    best_idx, BLOCK_K)
                 acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     else:
         for k0 in range(0, K, BLOCK_K):
             acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
             for d0 in range(0, D, BLOCK_D):
-                acc = _score_slice(acc, a_rows, cb_ptr, row_mask, k0 + offs_k, d0 + offs_d, D, K,
-                                   op_dtype, INPUT_PRECISION)
-            best_val, best_idx = _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val, best_idx)
+                acc = _score_slice(acc, a_rows, cb_ptr, cb_desc, cb_row0, row_mask, k0, d0, offs_k,
+                                   offs_d, D, K, op_dtype, INPUT_PRECISION, EVEN_K, EVEN_D,
+                                   USE_TMA)
+            best_val, best_idx = _argmin_update(acc, cnorm_ptr, k0, offs_k, K, best_val, best_idx,
+                                                BLOCK_K)
     return best_val, best_idx
 
 
 @triton.autotune(configs=autotune_configs("rq_assign"), key=["D", "K", "L", "INPUT_PRECISION"],
                  prune_configs_by={"early_config_prune": prune_to_family})
+@triton.heuristics(EVEN_TILES)
 @triton.jit
 def _rq_assign_kernel(
     x_ptr,  # (N, D) input dtype, row stride stride_xn, unit column stride
     cb_ptr,  # (L, K, D) input dtype, contiguous
+    cb_desc,  # None, or a tensor descriptor of the (L * K, D) codebook rows (USE_TMA)
     cnorm_ptr,  # (L, K) fp32: ||codebooks[l, k]||^2
     codes_ptr,  # (N, L) int64
-    scratch_ptr,  # (num_programs * BLOCK_N, D) fp32: each program's residual rows (L > 1)
+    scratch_ptr,  # (chunk rows, D) input dtype: the residual as the next level's dot operand
     out_ptr,  # (N, D) input dtype: the final residual (WRITE_RESIDUAL only)
     N,
     D,
@@ -134,6 +165,9 @@ def _rq_assign_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     FLAT: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     # The launcher cuts N into chunks of at most scratch-many rows (one launch each), so the
     # residual scratch holds one chunk: row i of the chunk uses scratch row i.
@@ -146,43 +180,51 @@ def _rq_assign_kernel(
     out_rows = out_ptr + rows64[:, None] * D
     offs_d = tl.arange(0, BLOCK_D)
     for level in tl.static_range(L):
-        cb_level = cb_ptr + level * K * D
+        cb_level = cb_ptr + level * K.to(tl.int64) * D  # L * K * D may pass 2^31
         # `level` is a compile-time constant: level 0 reads x directly, later levels the
-        # fp32 residual (cast to the codebook dtype as the tensor-core operand in the helper).
+        # residual operand the previous level left in the scratch rows.
         if level == 0:
-            best_val, best_idx = nearest_code_tile(x_rows, cb_level, cnorm_ptr + level * K,
-                                                   row_mask, D, K, INPUT_PRECISION,
-                                                   BLOCK_N, BLOCK_K, BLOCK_D, FLAT)
+            best_val, best_idx = nearest_code_tile(x_rows, cb_level, cb_desc, level * K,
+                                                   cnorm_ptr + level * K, row_mask, D, K,
+                                                   INPUT_PRECISION, BLOCK_N, BLOCK_K, BLOCK_D,
+                                                   FLAT, EVEN_K, EVEN_D, USE_TMA)
         else:
-            best_val, best_idx = nearest_code_tile(res_rows, cb_level, cnorm_ptr + level * K,
-                                                   row_mask, D, K, INPUT_PRECISION,
-                                                   BLOCK_N, BLOCK_K, BLOCK_D, FLAT)
+            best_val, best_idx = nearest_code_tile(res_rows, cb_level, cb_desc, level * K,
+                                                   cnorm_ptr + level * K, row_mask, D, K,
+                                                   INPUT_PRECISION, BLOCK_N, BLOCK_K, BLOCK_D,
+                                                   FLAT, EVEN_K, EVEN_D, USE_TMA)
         tl.store(codes_ptr + rows64 * L + level, best_idx.to(tl.int64), mask=row_mask)
 
         if (level < L - 1) or WRITE_RESIDUAL:
-            # The residual rows are read as the dot operand (one thread layout) and rewritten
-            # below (another): threads of this program must not overwrite rows that others
-            # may still read as this level's operand (WAR) ...
+            # The scratch rows are read as the dot operand (one thread layout) and rewritten
+            # below (another), and the codes of earlier levels are reread in yet another: every
+            # thread's reads and writes must be ordered (WAR and RAW) ...
             tl.debug_barrier()
-            chosen = cb_level + best_idx.to(tl.int64)[:, None] * D
             for d0 in range(0, D, BLOCK_D):
                 ds = d0 + offs_d
                 m = row_mask[:, None] & (ds < D)[None, :]
-                if level == 0:
-                    r = tl.load(x_rows + ds[None, :], mask=m, other=0.0).to(tl.float32)
-                else:
-                    r = tl.load(res_rows + ds[None, :], mask=m, other=0.0)
-                c = tl.load(chosen + ds[None, :], mask=m, other=0.0).to(tl.float32)
+                # The residual is rebuilt from x in fp32 in the reference's order,
+                # ((x - c_0) - c_1) - ..., so no fp32 copy of it is kept between levels: the
+                # scratch holds only the dot operand (input dtype: half of fp32's bytes for
+                # fp16/bf16, loaded straight into the tensor-core pipeline, no conversion).
+                r = tl.load(x_rows + ds[None, :], mask=m, other=0.0).to(tl.float32)
+                for prev in tl.static_range(level):
+                    idx = tl.load(codes_ptr + rows64 * L + prev, mask=row_mask, other=0)
+                    c = tl.load(cb_ptr + prev * K.to(tl.int64) * D + idx[:, None] * D + ds[None, :],
+                                mask=m, other=0.0)
+                    r = r - c.to(tl.float32)
+                c = tl.load(cb_level + best_idx.to(tl.int64)[:, None] * D + ds[None, :], mask=m,
+                            other=0.0)
+                r = r - c.to(tl.float32)
                 if level == L - 1:
-                    tl.store(out_rows + ds[None, :], (r - c).to(out_ptr.dtype.element_ty),
-                             mask=m)
+                    tl.store(out_rows + ds[None, :], r.to(out_ptr.dtype.element_ty), mask=m)
                 else:
-                    tl.store(res_rows + ds[None, :], r - c, mask=m)
-            # ... and the next level's operand loads must see every thread's writes (RAW).
+                    tl.store(res_rows + ds[None, :], r.to(scratch_ptr.dtype.element_ty), mask=m)
+            # ... and the next level's operand loads must see every thread's writes.
             tl.debug_barrier()
 
 
-# Rows of the fp32 residual scratch, per SM: N is processed in chunks of SMs * this rows (one
+# Rows of the residual scratch, per SM: N is processed in chunks of SMs * this rows (one
 # launch each, reusing the scratch), so no buffer grows with N. 1024 rows = 4 full waves of
 # 256-row tiles (8 of 128), so chunking adds no wave-quantization loss but the last chunk's.
 _SCRATCH_ROWS_PER_SM = 1024
@@ -200,13 +242,13 @@ def scratch_rows(n: int, device: torch.device) -> int:
 
 
 def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor, write_residual: bool, *,
-                     config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     config=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the fused kernel. x (N, D) with unit column stride, codebooks (L, K, D)
     contiguous, same dtype; N >= 1 (checked by the caller). Returns codes (N, L) int64 and, when
     write_residual, the final residual (N, D) in x's dtype (else None). config: force one tile
-    config (dict of BLOCK_N, BLOCK_K, BLOCK_D, FLAT) instead of autotuning.
+    config (a dict of BLOCK_N, BLOCK_K, BLOCK_D, FLAT, or a triton.Config) instead of autotuning.
 
-    Memory: besides the outputs, an fp32 scratch of scratch_rows(N) x D when L > 1 (at most
+    Memory: besides the outputs, a scratch of scratch_rows(N) x D in x's dtype when L > 1 (at most
     SMs * 1024 rows: N is launched in chunks of that many rows), and nothing N x D unless
     write_residual. A program per BLOCK_N rows, no persistent loop: a loop over row tiles
     around the level loop costs ~25 registers per thread and made the 128x128 flat tile spill.
@@ -217,25 +259,26 @@ def rq_assign_triton(x: torch.Tensor, codebooks: torch.Tensor, write_residual: b
     codes = torch.empty((n, num_levels), dtype=torch.int64, device=x.device)
     # L = 1: nothing between levels, the scratch is never touched (one row stands in).
     chunk = scratch_rows(n, x.device) if num_levels > 1 else n
-    scratch = torch.empty((chunk if num_levels > 1 else 1, d), dtype=torch.float32,
+    scratch = torch.empty((chunk if num_levels > 1 else 1, d), dtype=x.dtype,
                           device=x.device)
     out = torch.empty((n, d) if write_residual else (1, 1), dtype=x.dtype, device=x.device)
     precision = dot_input_precision(x.dtype)
+    cb_desc = codebook_descriptor(codebooks.view(num_levels * k, d), precision)
     for start in range(0, n, chunk):  # kernels on one stream: each chunk reuses the scratch
         rows = min(chunk, n - start)
         grid = lambda meta, rows=rows: (triton.cdiv(rows, meta["BLOCK_N"]),)  # noqa: E731
-        launch(_rq_assign_kernel, grid, x[start:], codebooks, c_norm, codes[start:], scratch,
-               out[start:] if write_residual else out, rows, d, k, x.stride(0), L=num_levels,
-               WRITE_RESIDUAL=write_residual, INPUT_PRECISION=precision, device=x.device,
-               config=config)
+        launch(_rq_assign_kernel, grid, x[start:], codebooks, cb_desc, c_norm, codes[start:],
+               scratch, out[start:] if write_residual else out, rows, d, k, x.stride(0),
+               L=num_levels, WRITE_RESIDUAL=write_residual, INPUT_PRECISION=precision,
+               device=x.device, config=config)
     return codes, (out if write_residual else None)
 
 
-def _aot_spec(family: str, config) -> tuple[dict, dict]:
+def _aot_spec(family: str, config, tma: bool) -> tuple[dict, dict]:
     """A typical call: three levels, no residual asked for."""
-    return aot_spec(family, config, {
-        "x_ptr": "*op", "cb_ptr": "*op", "cnorm_ptr": "*fp32", "codes_ptr": "*i64",
-        "scratch_ptr": "*fp32", "out_ptr": "*op", "N": "i32", "D": "i32", "K": "i32",
+    return aot_spec(family, config, tma, {
+        "x_ptr": "*op", "cb_ptr": "*op", "cb_desc": "desc", "cnorm_ptr": "*fp32",
+        "codes_ptr": "*i64", "scratch_ptr": "*op", "out_ptr": "*op", "N": "i32", "D": "i32", "K": "i32",
         "stride_xn": "i32"}, L=3, WRITE_RESIDUAL=False)
 
 

@@ -133,6 +133,27 @@ def test_step_cuda_wide_beams(W_in, K):
     _compare(got, want)
 
 
+@pytest.mark.parametrize("B,W_in,K", [(1, 2048, 128), (3, 700, 64), (300, 256, 32)])
+def test_step_cuda_any_max_branching_hint(B, W_in, K):
+    """max_branching only sizes the splits and the key cache: a hint far too small (blocks whose
+    candidates overflow their cache slice recompute keys every pass), exact, or far too large
+    gives the reference's result. B = 1 and 3 with K < 512 take the narrow split path (few
+    users, many candidates); B = 300 fills the GPU with one block per user."""
+    gen = run_gen(B * W_in + K)
+    trie = SemanticIdTrie(random_codes(4000, 2, 64, gen), 64)
+    gtrie = trie.to("cuda")
+    states = torch.randint(-1, trie.num_nodes(1), (B, W_in), generator=gen)
+    scores = -torch.rand(B, W_in, generator=gen) * 4
+    lp = torch.randn(B, W_in, 64, generator=gen).log_softmax(-1)
+    want = trie_beam_search_step(lp, scores, states, trie, 1, K, backend="torch")
+    true_hint = trie.max_branching(1)
+    offsets, tokens = gtrie.offsets[1], gtrie.tokens[1]
+    for hint in (1, true_hint, 10 * true_hint):
+        got = torch.ops.onerec_C.trie_beam_step(lp.cuda(), scores.cuda(), states.cuda(), offsets,
+                                                tokens, K, hint, False)
+        _compare(got, want)
+
+
 def test_search_cuda_matches_reference_and_graph_capture():
     gen = run_gen(9)
     B, W = 5, 128

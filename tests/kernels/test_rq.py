@@ -206,6 +206,10 @@ def test_no_n_by_d_buffer_without_residual(backend, num_levels, monkeypatch):
     if dev.type == "cpu" and backend == "triton" and not _backend.triton_interpret():
         pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
     n, d = 300, 16
+    if dev.type == "cuda":  # more rows than one launch's chunk (the scratch's size)
+        from onerec_kernels.rq.triton_kernels import scratch_rows
+
+        n = 2 * scratch_rows(10 ** 9, dev) + 5
     x, codebooks = torch.randn(n, d, device=dev), torch.randn(num_levels, 5, d, device=dev)
     want = ok.rq_assign(x, codebooks, backend="torch")
     # Tune outside the window: the autotuner's first call allocates its own benchmarking buffers
@@ -330,20 +334,39 @@ def test_torch_compile(backend):
 
 @pytest.mark.parametrize("flat", [False, True], ids=["nested", "flat"])
 @pytest.mark.parametrize("tiles", [(16, 16, 16), (32, 64, 32)], ids=["small", "wide"])
-def test_every_loop_shape_of_the_triton_kernel(flat, tiles, seed):
+@pytest.mark.parametrize("d,k", [(45, 70), (64, 128)], ids=["ragged", "even"])
+def test_every_loop_shape_of_the_triton_kernel(flat, tiles, d, k, seed):
     """Both loop shapes of the autotune list, forced, on shapes that leave ragged tiles in N, K
-    and D (the autotuner picks between them on a GPU; the interpreter has one default)."""
+    and D, and on K, D multiples of the tiles (the mask-free EVEN_K / EVEN_D path). The
+    autotuner picks between them on a GPU; the interpreter has one default."""
     from onerec_kernels.rq.triton_kernels import rq_assign_triton
 
     bn, bk, bd = tiles
-    x = torch.randn(37, 45, device=TRITON_DEV)
-    codebooks = torch.randn(3, 70, 45, device=TRITON_DEV)
+    x = torch.randn(37, d, device=TRITON_DEV)
+    codebooks = torch.randn(3, k, d, device=TRITON_DEV)
     if TRITON_DEV.type == "cpu" and not _backend.triton_interpret():
         pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
     codes, residual = rq_assign_triton(x, codebooks, True, config={
         "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "FLAT": flat})
     exact = _check_greedy(x, codebooks, codes, RTOL[torch.float32], residual)
     assert _mostly(exact, 37 * 3, 0.05), f"{exact:.3f} exact choices (seed {seed})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_triton_residual_is_the_references_fp32_walk(dtype, seed):
+    """The kernel rebuilds the residual from x and the chosen codes in fp32, in the reference's
+    order ((x - c_0) - c_1) - ...: given its codes, the residual is bit-identical."""
+    if dtype == torch.bfloat16 and TRITON_DEV.type == "cpu":
+        pytest.skip("the interpreter miscomputes bf16")
+    if TRITON_DEV.type == "cpu" and not _backend.triton_interpret():
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    x = torch.randn(150, 40, device=TRITON_DEV).to(dtype)
+    codebooks = torch.randn(3, 20, 40, device=TRITON_DEV).to(dtype)
+    codes, residual = ok.rq_assign(x, codebooks, return_residual=True, backend="triton")
+    r = x.float()
+    for level in range(3):
+        r = r - codebooks[level].float()[codes[:, level]]
+    assert torch.equal(residual, r.to(dtype))
 
 
 def test_nan_rows_and_nan_codes_never_win(device):
