@@ -403,10 +403,13 @@ def varlen_attention_bwd_triton(dout, q, k, v, out, lse, cu_seqlens_k, max_seqle
     group = num_heads // num_kv_heads
     rows = group * num_q
     shared = q.dim() == 3
+    # dk/dv are written with k/v's strides: make those dense (a view such as a slice of a fused
+    # KV projection would otherwise give dk a different layout from k).
+    k, v = k.contiguous(), v.contiguous()
     dk = torch.zeros_like(k)  # keys outside every user (cu[B] < total_k) get no gradient
     dv = torch.zeros_like(v)
     if num_users == 0:
-        return torch.zeros_like(q), dk, dv
+        return torch.zeros_like(q, memory_format=torch.contiguous_format), dk, dv
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # (B, H, Q)
     lse = lse.contiguous()
