@@ -49,50 +49,70 @@ from ..rq.triton_kernels import dot_input_precision
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
-# Tile configs are data. Each list: the GPU autotune candidates (first = the ONEREC_TRITON_AUTOTUNE=0
-# choice), all checked to compile for sm_90 without heavy spills (see aot_specs). The
-# interpreter gets one small config so the CPU tests stay quick yet still cover several tiles.
-FWD_TILES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    (128, 64, 8, 3),
-    (128, 128, 8, 2),
-    (64, 64, 4, 3),
-    (64, 128, 4, 3),
-    (128, 32, 4, 3),
+# Tile configs are data. Per kernel: the GPU autotune candidates, each with the largest head
+# size it may run at for 16-bit and for fp32 operands. Those limits come from compiling every
+# (config, Dh, dtype) for sm_90 with ptxas -v (aot_specs below; 2026-11-30, triton 3.9): a
+# config is allowed where it spills at most 64 bytes per thread and its shared memory fits
+# sm_90's 227 KB (0: never for that width). The first allowed config of
+# the list is the ONEREC_TRITON_AUTOTUNE=0 choice, so the lists open with the best all-rounders.
+FWD_TILES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, max Dh 16-bit, max Dh fp32)
+    (128, 64, 8, 3, 128, 64),  # fp32 at Dh 128: 256 KB of shared memory
+    (128, 128, 8, 2, 128, 64),
+    (64, 64, 4, 3, 128, 128),
+    (64, 128, 4, 3, 128, 64),
+    (128, 32, 4, 3, 128, 64),
 ]
-BWD_KV_TILES = [  # (BLOCK_M query rows per step, BLOCK_N keys owned, num_warps, num_stages)
-    (64, 64, 4, 2),
-    (32, 128, 8, 2),
-    (64, 128, 8, 2),
-    (32, 64, 4, 2),
+BWD_KV_TILES = [  # BLOCK_M query rows per step, BLOCK_N keys owned
+    (32, 64, 8, 2, 128, 64),
+    (64, 64, 4, 2, 32, 64),
+    (32, 128, 8, 2, 128, 64),
+    (64, 128, 8, 2, 64, 64),
+    (32, 64, 4, 2, 128, 64),
+    (32, 32, 8, 2, 128, 128),
+    (16, 32, 4, 2, 128, 128),
 ]
-BWD_Q_TILES = [  # (BLOCK_M query rows owned, BLOCK_N keys per step, num_warps, num_stages)
-    (64, 64, 4, 2),
-    (128, 64, 8, 2),
-    (64, 128, 8, 2),
-    (32, 64, 4, 2),
+BWD_Q_TILES = [  # BLOCK_M query rows owned, BLOCK_N keys per step
+    (128, 64, 8, 2, 128, 64),
+    (64, 64, 4, 2, 128, 64),
+    (32, 64, 8, 2, 128, 0),  # fp32: spills 104 B at Dh 32
+    (64, 128, 8, 2, 64, 32),
+    (32, 64, 4, 2, 128, 64),
+    (16, 64, 4, 2, 128, 128),
+    (64, 32, 8, 2, 128, 64),
 ]
 
 
 def _make(tiles):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in tiles]
+            for m, n, w, s, _, _ in tiles]
 
 
 FWD_CONFIGS = _make(FWD_TILES)
 BWD_KV_CONFIGS = _make(BWD_KV_TILES)
 BWD_Q_CONFIGS = _make(BWD_Q_TILES)
-_INTERPRET_CONFIG = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32})]
+_INTERPRET_CONFIG = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 64})]
+
+
+def allowed_configs(tiles, configs, head_dim: int, fp32: bool, mode: str = "1"):
+    """The configs of `tiles` allowed at (head_dim, operand width); mode "0" keeps the first,
+    "quick" the first two (ONEREC_TRITON_AUTOTUNE)."""
+    ok = [c for t, c in zip(tiles, configs) if head_dim <= (t[5] if fp32 else t[4])]
+    return ok[:1] if mode == "0" else ok[:2] if mode == "quick" else ok
+
+
+def _pruner(tiles, configs):
+    def prune(_configs, named_args, **kwargs):
+        if triton_interpret():
+            return _configs
+        fp32 = named_args["q_ptr"].dtype == torch.float32
+        return allowed_configs(tiles, configs, kwargs["HEAD_DIM"], fp32,
+                               os.environ.get("ONEREC_TRITON_AUTOTUNE", "1"))
+    return {"early_config_prune": prune}
 
 
 def _configs(gpu_configs):
-    if triton_interpret():
-        return _INTERPRET_CONFIG
-    mode = os.environ.get("ONEREC_TRITON_AUTOTUNE", "1")
-    if mode == "0":
-        return gpu_configs[:1]
-    if mode == "quick":
-        return gpu_configs[:2]
-    return gpu_configs
+    # Import-time list for the autotuner; the per-call choice is the pruner's.
+    return _INTERPRET_CONFIG if triton_interpret() else gpu_configs
 
 
 @triton.jit
@@ -129,7 +149,8 @@ def _bwd_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, b64, qi, h, row_mask, offs_d,
 
 
 # key bucket: autotune once per power of two of max_seqlen_k (ragged batches do not retune)
-@triton.autotune(configs=_configs(FWD_CONFIGS), key=["HEAD_DIM", "GROUP", "len_bucket", "NUM_SPLITS"])
+@triton.autotune(configs=_configs(FWD_CONFIGS), key=["HEAD_DIM", "GROUP", "len_bucket", "NUM_SPLITS"],
+                 prune_configs_by=_pruner(FWD_TILES, FWD_CONFIGS))
 @triton.jit
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, cu_ptr, o_ptr, lse_ptr,
@@ -199,7 +220,8 @@ def _attn_fwd_kernel(
     tl.store(lse_ptr + s64 * stride_ls + b64 * stride_lb + h * stride_lh + qi, lse, mask=row_mask)
 
 
-@triton.autotune(configs=_configs(BWD_KV_CONFIGS), key=["HEAD_DIM", "GROUP", "len_bucket"])
+@triton.autotune(configs=_configs(BWD_KV_CONFIGS), key=["HEAD_DIM", "GROUP", "len_bucket"],
+                 prune_configs_by=_pruner(BWD_KV_TILES, BWD_KV_CONFIGS))
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, cu_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
@@ -251,7 +273,8 @@ def _attn_bwd_dkdv_kernel(
         tl.store(dv_ptr + v_tile, dv, mask=k_mask[:, None])
 
 
-@triton.autotune(configs=_configs(BWD_Q_CONFIGS), key=["HEAD_DIM", "GROUP", "len_bucket"])
+@triton.autotune(configs=_configs(BWD_Q_CONFIGS), key=["HEAD_DIM", "GROUP", "len_bucket"],
+                 prune_configs_by=_pruner(BWD_Q_TILES, BWD_Q_CONFIGS))
 @triton.jit
 def _attn_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, cu_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
@@ -451,24 +474,28 @@ _INT_ARGS = ("total_k", "num_q", "num_kv_heads", "split_len", "len_bucket", "num
              "users_per_group")
 
 
-def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dims=(32, 64, 128), group: int = 4):
+def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dims=(32, 64, 128), group: int = 4,
+              all_configs: bool = False):
     """Everything needed to compile each (kernel, config) for a GPU without one, e.g.
     `triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
     options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})`. Yields dicts with
     name, fn (the JIT function), signature, constexprs, config and divisible_by_16 (argument names
-    to give the attribute tt.divisibility=16, as the runtime does); the configs are the autotune
-    lists above (FWD_CONFIGS, BWD_KV_CONFIGS, BWD_Q_CONFIGS), the same the launchers use."""
+    to give the attribute tt.divisibility=16, as the runtime does). The configs are those the
+    autotuner may pick at each (Dh, dtype) (allowed_configs over FWD_TILES, BWD_KV_TILES,
+    BWD_Q_TILES); all_configs=True compiles every candidate (to re-derive the Dh limits).
+    fp16 compiles like bf16."""
     elem = _DTYPE_NAMES[dtype]
     precision = "tf32" if dtype == torch.float32 else "ieee"
     fp32_ptrs = ("lse_ptr", "delta_ptr")
-    kernels = [("attn_fwd", _attn_fwd_kernel, FWD_CONFIGS, {"NUM_SPLITS": 1}),
-               ("attn_fwd_split", _attn_fwd_kernel, FWD_CONFIGS, {"NUM_SPLITS": 4}),
-               ("attn_bwd_dkdv", _attn_bwd_dkdv_kernel, BWD_KV_CONFIGS, {}),
-               ("attn_bwd_dq", _attn_bwd_dq_kernel, BWD_Q_CONFIGS, {})]
-    for name, kernel, configs, extra in kernels:
+    kernels = [("attn_fwd", _attn_fwd_kernel, FWD_TILES, FWD_CONFIGS, {"NUM_SPLITS": 1}),
+               ("attn_fwd_split", _attn_fwd_kernel, FWD_TILES, FWD_CONFIGS, {"NUM_SPLITS": 4}),
+               ("attn_bwd_dkdv", _attn_bwd_dkdv_kernel, BWD_KV_TILES, BWD_KV_CONFIGS, {}),
+               ("attn_bwd_dq", _attn_bwd_dq_kernel, BWD_Q_TILES, BWD_Q_CONFIGS, {})]
+    for name, kernel, tiles, configs, extra in kernels:
         fn = kernel.fn
         for head_dim in head_dims:
-            for cfg in configs:
+            for cfg in (configs if all_configs else
+                        allowed_configs(tiles, configs, head_dim, dtype == torch.float32)):
                 constexprs = {"GROUP": group, "HEAD_DIM": head_dim, "INPUT_PRECISION": precision,
                               **extra, **cfg.kwargs}
                 signature = {}
