@@ -14,9 +14,11 @@ kernel with the user stride of q set to 0: read by every program, never copied p
 
 Split-KV: with few users (B * H_kv * row blocks well under the SM count, e.g. B = 1..16 at
 L = 2000) most SMs would idle while a few programs walk 2000 keys. The keys of each user are
-then cut into NUM_SPLITS ranges of `split_len` keys (the last range runs to the user's end,
+then cut into num_splits ranges of `split_len` keys (the last range runs to the user's end,
 whatever max_seqlen_k said); every split writes an fp32 partial output and its log-sum-exp, and
-`_combine` merges them: out = sum_s exp(lse_s - lse) out_s with lse = logsumexp_s lse_s.
+one combine kernel merges them: out = sum_s exp(lse_s - lse) out_s, lse = logsumexp_s lse_s.
+The split count is a runtime argument (only split / no split is compiled in), so batches of
+different sizes do not compile new kernels.
 
 Backward (FlashAttention-2's recomputation from the saved log-sum-exp):
   delta = rowsum(dO * O) (torch, one pass);
@@ -149,7 +151,7 @@ def _bwd_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, b64, qi, h, row_mask, offs_d,
 
 
 # key bucket: autotune once per power of two of max_seqlen_k (ragged batches do not retune)
-@triton.autotune(configs=_configs(FWD_CONFIGS), key=["HEAD_DIM", "GROUP", "len_bucket", "NUM_SPLITS"],
+@triton.autotune(configs=_configs(FWD_CONFIGS), key=["HEAD_DIM", "GROUP", "len_bucket", "SPLIT"],
                  prune_configs_by=_pruner(FWD_TILES, FWD_CONFIGS))
 @triton.jit
 def _attn_fwd_kernel(
@@ -160,7 +162,7 @@ def _attn_fwd_kernel(
     stride_ls, stride_lb, stride_lh,  # lse ([S,] B, H, Q), unit stride over Q
     total_k, num_q, num_kv_heads, split_len, len_bucket,
     qk_scale,  # softmax_scale * log2(e)
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -180,8 +182,8 @@ def _attn_fwd_kernel(
     start, end = _user_range(cu_ptr, b, total_k)
     lo = tl.minimum(start + pid_s * split_len, end)
     hi = end
-    if NUM_SPLITS > 1:
-        if pid_s < NUM_SPLITS - 1:
+    if SPLIT:
+        if pid_s < tl.num_programs(2) - 1:
             hi = tl.minimum(lo + split_len, end)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -325,6 +327,43 @@ def _attn_bwd_dq_kernel(
              dq * sm_scale, mask=row_mask[:, None])
 
 
+@triton.jit
+def _combine_kernel(
+    o_buf_ptr, l_buf_ptr, out_ptr, lse_ptr, num_splits, num_q, num_heads,
+    stride_os, stride_ob, stride_oq, stride_oh,  # o_buf (S, B, Q, H, Dh) fp32
+    stride_ls, stride_lb, stride_lh,  # l_buf (S, B, H, Q) fp32, unit stride over Q
+    stride_b, stride_q, stride_h,  # out (B, Q, H, Dh)
+    stride_lse_b, stride_lse_h,  # lse (B, H, Q)
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    """lse = logsumexp_s lse_s, out = sum_s exp(lse_s - lse) out_s for BLOCK_Q queries of one
+    (user, head). A row with no keys in any split keeps lse = -inf and out = 0."""
+    pid_bh = tl.program_id(0)
+    b = (pid_bh // num_heads).to(tl.int64)
+    h = pid_bh % num_heads
+    qs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    q_mask = qs < num_q
+    offs_d = tl.arange(0, HEAD_DIM)
+    l_rows = l_buf_ptr + b * stride_lb + h * stride_lh + qs
+    m = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
+    for s in range(num_splits):
+        m = tl.maximum(m, tl.load(l_rows + s * stride_ls, mask=q_mask, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.zeros((BLOCK_Q,), tl.float32)
+    acc = tl.zeros((BLOCK_Q, HEAD_DIM), tl.float32)
+    o_rows = o_buf_ptr + b * stride_ob + qs[:, None] * stride_oq + h * stride_oh + offs_d[None, :]
+    for s in range(num_splits):
+        w = tl.exp(tl.load(l_rows + s * stride_ls, mask=q_mask, other=float("-inf")) - m_safe)
+        total += w
+        acc += w[:, None] * tl.load(o_rows + s * stride_os, mask=q_mask[:, None], other=0.0)
+    has_keys = total > 0.0
+    safe_total = tl.where(has_keys, total, 1.0)
+    out_rows = out_ptr + b * stride_b + qs[:, None] * stride_q + h * stride_h + offs_d[None, :]
+    tl.store(out_rows, acc / safe_total[:, None], mask=q_mask[:, None])
+    tl.store(lse_ptr + b * stride_lse_b + h * stride_lse_h + qs,
+             tl.where(has_keys, m_safe + tl.log(safe_total), float("-inf")), mask=q_mask)
+
+
 @functools.lru_cache(maxsize=None)
 def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -389,7 +428,7 @@ def varlen_attention_fwd_triton(q, k, v, cu_seqlens_k, max_seqlen_k: int, softma
         l_buf.stride(0), l_buf.stride(1), l_buf.stride(2),
         k.shape[0], num_q, num_kv_heads, split_len, _len_bucket(max_seqlen_k),
         softmax_scale * LOG2E,
-        GROUP=group, HEAD_DIM=head_dim, NUM_SPLITS=num_splits,
+        GROUP=group, HEAD_DIM=head_dim, SPLIT=num_splits > 1,
         INPUT_PRECISION=dot_input_precision(q.dtype),
     )
     if num_splits > 1:
@@ -398,13 +437,17 @@ def varlen_attention_fwd_triton(q, k, v, cu_seqlens_k, max_seqlen_k: int, softma
 
 
 def _combine(o_buf, l_buf, out, lse) -> None:
-    """Merge split partials: lse = logsumexp_s lse_s, out = sum_s exp(lse_s - lse) out_s.
-    A row with no keys in any split keeps lse = -inf and out = 0."""
-    total = torch.logsumexp(l_buf, dim=0)  # (B, H, Q); -inf where every split was empty
-    weights = torch.exp(l_buf - torch.where(torch.isinf(total), 0.0, total))  # (S, B, H, Q)
-    merged = (o_buf * weights.transpose(2, 3).unsqueeze(-1)).sum(dim=0)
-    out.copy_(merged)
-    lse.copy_(total)
+    """Merge split partials (one launch: several torch ops would cost more in launches than
+    the merge itself at the few-user shapes that split)."""
+    num_splits, num_users, num_q, num_heads, head_dim = o_buf.shape
+    block_q = 32
+    grid = (num_users * num_heads, triton.cdiv(num_q, block_q))
+    _combine_kernel[grid](o_buf, l_buf, out, lse, num_splits, num_q, num_heads,
+                          o_buf.stride(0), o_buf.stride(1), o_buf.stride(2), o_buf.stride(3),
+                          l_buf.stride(0), l_buf.stride(1), l_buf.stride(2),
+                          out.stride(0), out.stride(1), out.stride(2),
+                          lse.stride(0), lse.stride(1),
+                          HEAD_DIM=head_dim, BLOCK_Q=block_q, num_warps=4)
 
 
 def dq_user_groups(num_users: int, shared: bool, num_units: int, num_sms: int) -> int:
@@ -469,9 +512,6 @@ def varlen_attention_bwd_triton(dout, q, k, v, out, lse, cu_seqlens_k, max_seqle
 
 # ---------------------------------------------------------------- ahead-of-time compile specs
 _DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-# Integer arguments that are not strides or sizes the runtime would see as i64.
-_INT_ARGS = ("total_k", "num_q", "num_kv_heads", "split_len", "len_bucket", "num_users",
-             "users_per_group")
 
 
 def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dims=(32, 64, 128), group: int = 4,
@@ -486,36 +526,47 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dims=(32, 64, 128), grou
     fp16 compiles like bf16."""
     elem = _DTYPE_NAMES[dtype]
     precision = "tf32" if dtype == torch.float32 else "ieee"
-    fp32_ptrs = ("lse_ptr", "delta_ptr")
-    kernels = [("attn_fwd", _attn_fwd_kernel, FWD_TILES, FWD_CONFIGS, {"NUM_SPLITS": 1}),
-               ("attn_fwd_split", _attn_fwd_kernel, FWD_TILES, FWD_CONFIGS, {"NUM_SPLITS": 4}),
-               ("attn_bwd_dkdv", _attn_bwd_dkdv_kernel, BWD_KV_TILES, BWD_KV_CONFIGS, {}),
-               ("attn_bwd_dq", _attn_bwd_dq_kernel, BWD_Q_TILES, BWD_Q_CONFIGS, {})]
-    for name, kernel, tiles, configs, extra in kernels:
-        fn = kernel.fn
+    combine = [triton.Config({"BLOCK_Q": 32}, num_warps=4)]  # what _combine launches
+    kernels = [  # name, kernel, (tiles, configs) or configs, constexprs, fp32 pointers
+        ("attn_fwd", _attn_fwd_kernel, (FWD_TILES, FWD_CONFIGS), {"SPLIT": False}, ("lse_ptr",)),
+        ("attn_fwd_split", _attn_fwd_kernel, (FWD_TILES, FWD_CONFIGS), {"SPLIT": True},
+         ("o_ptr", "lse_ptr")),
+        ("attn_combine", _combine_kernel, combine, {}, ("o_buf_ptr", "l_buf_ptr", "lse_ptr")),
+        ("attn_bwd_dkdv", _attn_bwd_dkdv_kernel, (BWD_KV_TILES, BWD_KV_CONFIGS), {},
+         ("lse_ptr", "delta_ptr")),
+        ("attn_bwd_dq", _attn_bwd_dq_kernel, (BWD_Q_TILES, BWD_Q_CONFIGS), {},
+         ("lse_ptr", "delta_ptr")),  # per-user dq; shared queries store an fp32 partial
+    ]
+    # Strides that are not multiples of 16 in general (they count queries, not features).
+    odd_strides = ("stride_ls", "stride_lb", "stride_lh", "stride_lse_b", "stride_lse_h")
+    for name, kernel, table, extra, fp32_ptrs in kernels:
+        fn = kernel if isinstance(kernel, triton.runtime.JITFunction) else kernel.fn  # autotuned
         for head_dim in head_dims:
-            for cfg in (configs if all_configs else
-                        allowed_configs(tiles, configs, head_dim, dtype == torch.float32)):
+            if isinstance(table, tuple):
+                tiles, configs = table
+                table_configs = configs if all_configs else allowed_configs(
+                    tiles, configs, head_dim, dtype == torch.float32)
+            else:
+                table_configs = table
+            for cfg in table_configs:
                 constexprs = {"GROUP": group, "HEAD_DIM": head_dim, "INPUT_PRECISION": precision,
                               **extra, **cfg.kwargs}
+                constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
                 signature = {}
                 for arg in fn.arg_names:
                     if arg in constexprs:
                         signature[arg] = "constexpr"
                     elif arg.endswith("_ptr"):
-                        fp32_out = arg in fp32_ptrs or (arg in ("o_ptr", "lse_ptr") and
-                                                        extra.get("NUM_SPLITS", 1) > 1)
-                        fp32_out = fp32_out or (name == "attn_bwd_dq" and arg == "dq_ptr")
                         signature[arg] = ("*i32" if arg == "cu_ptr" else
-                                          "*fp32" if fp32_out or arg == "lse_ptr" else f"*{elem}")
+                                          "*fp32" if arg in fp32_ptrs else f"*{elem}")
                     elif arg in ("qk_scale", "sm_scale"):
                         signature[arg] = "fp32"
                     else:
                         signature[arg] = "i32"
                 # What the runtime specializes for real calls: 16-byte aligned tensors and
-                # row strides that are multiples of 16 (all of q/k/v/out: multiples of Dh),
-                # which is what lets loads vectorize and pipeline.
+                # feature strides that are multiples of 16 (multiples of Dh), which is what
+                # lets loads vectorize and pipeline.
                 aligned = [arg for arg in fn.arg_names if arg.endswith("_ptr") or (
-                    arg.startswith("stride_") and arg not in ("stride_ls", "stride_lb", "stride_lh"))]
+                    arg.startswith("stride_") and arg not in odd_strides)]
                 yield {"name": f"{name}_d{head_dim}", "fn": fn, "signature": signature,
                        "constexprs": constexprs, "config": cfg, "divisible_by_16": aligned}

@@ -297,8 +297,8 @@ def test_every_head_dim_and_dtype_has_configs():
                 assert len(tk.allowed_configs(tiles, configs, head_dim, fp32)) >= 1
                 assert len(tk.allowed_configs(tiles, configs, head_dim, fp32, "0")) == 1
     specs = list(tk.aot_specs(torch.float32, head_dims=(128,)))
-    assert {s["name"].rsplit("_", 1)[0] for s in specs} == {"attn_fwd", "attn_fwd_split",
-                                                            "attn_bwd_dkdv", "attn_bwd_dq"}
+    assert {s["name"].rsplit("_", 1)[0] for s in specs} == {
+        "attn_fwd", "attn_fwd_split", "attn_combine", "attn_bwd_dkdv", "attn_bwd_dq"}
     for spec in specs:
         assert list(spec["signature"]) == spec["fn"].arg_names
         assert set(spec["divisible_by_16"]) <= set(spec["fn"].arg_names)
