@@ -540,7 +540,7 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dims=(32, 64, 128), grou
     # Strides that are not multiples of 16 in general (they count queries, not features).
     odd_strides = ("stride_ls", "stride_lb", "stride_lh", "stride_lse_b", "stride_lse_h")
     for name, kernel, table, extra, fp32_ptrs in kernels:
-        fn = kernel if isinstance(kernel, triton.runtime.JITFunction) else kernel.fn  # autotuned
+        fn = kernel.fn if hasattr(kernel.fn, "arg_names") else kernel  # autotuned or plain
         for head_dim in head_dims:
             if isinstance(table, tuple):
                 tiles, configs = table
