@@ -31,8 +31,10 @@ Backward (FlashAttention-2's recomputation from the saved log-sum-exp):
 
 Safety: start/end of every user are clamped to [0, total_k] and end >= start in the kernel, so
 no load ever leaves k/v whatever cu_seqlens holds (the host checks the values when that is free).
-Per-tile pointers are an int64 scalar base (user, key-tile start: total_k * H_kv * Dh may pass
-2^31) plus int32 in-tile offsets: int64 offset tensors cost registers on every tile.
+Per-tile pointers are an int64 scalar base (user, key-range start: total_k * H_kv * Dh may pass
+2^31) plus int32 offsets within one user's keys (so one user's L_b * H_kv * Dh must stay under
+2^31, i.e. L_b < 2M at H_kv * Dh = 1024): int64 offset tensors would cost registers on every
+tile.
 
 FLOPs (useful): 4 * sum_b(L_b) * Q * H * Dh forward (two GEMMs), 2.5x that for the backward.
 """
@@ -49,7 +51,6 @@ from .._backend import triton_interpret
 from ..rq.triton_kernels import dot_input_precision
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 # Tile configs are data. Per kernel: the GPU autotune candidates, each with the largest head
 # size it may run at for 16-bit and for fp32 operands. Those limits come from compiling every

@@ -159,6 +159,25 @@ def test_gradients_triton(seed, dtype, shared, case):
         assert_fa_rule(g, g64, gpt, dtype, f"d{name} (seed {seed})")
 
 
+
+@needs_triton
+@pytest.mark.parametrize("per_group", [2, 5])
+def test_shared_query_gradient_with_user_groups(seed, monkeypatch, per_group):
+    """Shared-query dq: programs that each sum several users (and a short last group) into one
+    partial, then the partials summed."""
+    from onerec_kernels.attention import triton_kernels as tk
+
+    monkeypatch.setattr(tk, "dq_user_groups", lambda *args: per_group)
+    q, k, v, cu, max_len = make_inputs([9, 0, 70, 1, 33], 2, 4, 2, 32, shared=True)
+    q.requires_grad_()
+    out = ok.varlen_cross_attention(q, k, v, cu, max_len, backend="triton")
+    dout = torch.randn_like(out)
+    (dq,) = torch.autograd.grad(out, q, dout)
+    q64 = q.detach().double().requires_grad_()
+    ref = ok.varlen_cross_attention_reference(q64, k.double(), v.double(), cu)
+    (dq64,) = torch.autograd.grad(ref, q64, dout.double())
+    torch.testing.assert_close(dq.double(), dq64, rtol=1e-4, atol=1e-4)
+
 def test_reference_gradient_of_shared_queries_sums_users(seed):
     """Shared queries == per-user copies whose gradients are then summed over users."""
     q, k, v, cu, _ = make_inputs([5, 0, 9], 2, 4, 2, 32, shared=True, dtype=torch.float64,
