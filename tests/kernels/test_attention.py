@@ -321,3 +321,26 @@ def test_every_head_dim_and_dtype_has_configs():
     for spec in specs:
         assert list(spec["signature"]) == spec["fn"].arg_names
         assert set(spec["divisible_by_16"]) <= set(spec["fn"].arg_names)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+@pytest.mark.parametrize("shared", [False, True], ids=["per_user", "shared"])
+def test_no_host_sync_on_the_cuda_path(shared):
+    """Forward (split and not) and backward never wait for the device (after the first call,
+    which compiles and tunes)."""
+    for lengths in ([0, 5, 300], [2000]):  # many users / one long user (split-KV)
+        q, k, v, cu, max_len = make_inputs(lengths, 8, 4, 2, 64, shared=shared,
+                                           dtype=torch.float16, device=torch.device("cuda"))
+        leaves = [x.requires_grad_() for x in (q, k, v)]
+
+        def run():
+            out = ok.varlen_cross_attention(*leaves, cu, max_len, backend="triton")
+            return torch.autograd.grad(out, leaves, torch.ones_like(out))
+
+        run()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
