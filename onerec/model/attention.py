@@ -40,6 +40,9 @@ class CrossAttention(nn.Module):
                              f"num_kv_heads ({num_kv_heads})")
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = d_model // num_heads
+        if self.head_dim not in (32, 64, 128):
+            raise ValueError(f"CrossAttention: the head size d_model / num_heads must be 32, 64 or "
+                             f"128 (the kernel's), got {d_model} / {num_heads} = {self.head_dim}")
         self.backend = backend
         d_memory = d_memory or d_model
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)

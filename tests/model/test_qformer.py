@@ -75,3 +75,10 @@ def test_qformer_matches_padded_sdpa(seed, backend):
     grads_ref = torch.autograd.grad(ref, [memory, model.queries], g)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_head_size_is_refused_early():
+    with pytest.raises(ValueError, match="head size"):
+        CrossAttention(96, 2)  # Dh = 48
+    with pytest.raises(ValueError, match="multiple"):
+        CrossAttention(128, 4, 3)
