@@ -151,10 +151,17 @@ def _bwd_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, b64, qi, h, row_mask, offs_d,
     return q, do, lse2, delta
 
 
+# Sizes vary from call to call (batch, lengths, query count): not specializing on them (== 1,
+# multiple of 16) keeps one compiled kernel per (config, Dh, G, dtype) instead of several. The
+# strides stay specialized: their divisibility is what lets loads vectorize.
+_SIZES = ["total_k", "num_q", "num_kv_heads", "num_heads", "split_len", "len_bucket",
+          "num_users", "users_per_group", "num_splits"]
+
+
 # key bucket: autotune once per power of two of max_seqlen_k (ragged batches do not retune)
 @triton.autotune(configs=_configs(FWD_CONFIGS), key=["HEAD_DIM", "GROUP", "len_bucket", "SPLIT"],
                  prune_configs_by=_pruner(FWD_TILES, FWD_CONFIGS))
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, cu_ptr, o_ptr, lse_ptr,
     stride_qb, stride_qq, stride_qh,  # q (B|-, Q, H, Dh); stride_qb = 0 for shared queries
@@ -225,7 +232,7 @@ def _attn_fwd_kernel(
 
 @triton.autotune(configs=_configs(BWD_KV_CONFIGS), key=["HEAD_DIM", "GROUP", "len_bucket"],
                  prune_configs_by=_pruner(BWD_KV_TILES, BWD_KV_CONFIGS))
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _attn_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, cu_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qq, stride_qh,  # q; stride_qb = 0 for shared queries
@@ -278,7 +285,7 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.autotune(configs=_configs(BWD_Q_CONFIGS), key=["HEAD_DIM", "GROUP", "len_bucket"],
                  prune_configs_by=_pruner(BWD_Q_TILES, BWD_Q_CONFIGS))
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _attn_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, cu_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     stride_qb, stride_qq, stride_qh,
@@ -328,7 +335,7 @@ def _attn_bwd_dq_kernel(
              dq * sm_scale, mask=row_mask[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _combine_kernel(
     o_buf_ptr, l_buf_ptr, out_ptr, lse_ptr, num_splits, num_q, num_heads,
     stride_os, stride_ob, stride_oq, stride_oh,  # o_buf (S, B, Q, H, Dh) fp32
