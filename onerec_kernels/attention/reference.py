@@ -68,6 +68,7 @@ def varlen_cross_attention_reference(
 
     q_all = by_kv_head(q)
     out = q.new_zeros((num_users, num_kv_heads, group * num_q, head_dim), dtype=work)
+    done_users, done_out = [], []
     for users, max_len in _chunks(lengths, num_heads * num_q, score_budget):
         n = len(users)
         starts = torch.tensor([cu[b] for b in users], device=k.device)
@@ -81,7 +82,9 @@ def varlen_cross_attention_reference(
         scores = (qc @ kc).to(soft) * scale  # (n, H_kv, G*Q, L)
         scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
         p = torch.softmax(scores, dim=-1).to(work)
-        oc = p @ vc
-        out = out.index_put((torch.tensor(users, device=out.device),), oc)
+        done_users += users
+        done_out.append(p @ vc)
+    if done_users:  # one scatter (out of place: autograd) for all chunks
+        out = out.index_put((torch.tensor(done_users, device=out.device),), torch.cat(done_out))
     out = out.reshape(num_users, num_kv_heads * group, num_q, head_dim).transpose(1, 2)
     return out.to(q.dtype)
