@@ -156,7 +156,8 @@ def varlen_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             never correctness.
         softmax_scale: default 1 / sqrt(Dh).
         backend: "torch" | "triton" | None (Triton on CUDA, the reference on CPU; overridable
-            with ONEREC_BACKEND, see onerec_kernels._backend).
+            with ONEREC_BACKEND, see onerec_kernels._backend). The "torch" reference reads
+            cu_seqlens_k on the host (a device sync on CUDA); the Triton path never syncs.
 
     Semantics: out[b, i, h] = softmax_j(scale * q[b, i, h] . k[j, h // G]) @ v[j, h // G] over
     user b's keys j, softmax in fp32 (online in the Triton kernel: no Q x L matrix in memory).

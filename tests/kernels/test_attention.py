@@ -256,7 +256,7 @@ def test_bad_inputs(make, exc, word):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.gpu
-def test_device_mismatch_and_garbage_cu_seqlens_stay_inside():
+def test_device_mismatch_and_garbage_cu_seqlens_stay_inside(monkeypatch):
     q, k, v, cu, _ = make_inputs([3, 2], 2, 4, 2, 32, device=torch.device("cuda"))
     with pytest.raises(ValueError, match="device"):
         ok.varlen_cross_attention(q, k, v, cu.cpu(), 3)
@@ -265,6 +265,9 @@ def test_device_mismatch_and_garbage_cu_seqlens_stay_inside():
     out = ok.varlen_cross_attention(q, k, v, bad, 3, backend="triton")
     torch.cuda.synchronize()
     assert torch.isfinite(out).all()
+    monkeypatch.setenv("ONEREC_DEBUG_CHECKS", "1")  # the checks on demand (they sync)
+    with pytest.raises(ValueError, match="start at 0"):
+        ok.varlen_cross_attention(q, k, v, bad, 3, backend="triton")
 
 
 @needs_triton
