@@ -62,7 +62,7 @@ FWD_TILES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, max Dh 16-bit, max Dh
     (128, 64, 8, 3, 128, 64),  # fp32 at Dh 128: 256 KB of shared memory
     (128, 128, 8, 2, 128, 64),
     (64, 64, 4, 3, 128, 128),
-    (64, 128, 4, 3, 128, 64),
+    (64, 128, 4, 3, 128, 32),
     (128, 32, 4, 3, 128, 64),
 ]
 BWD_KV_TILES = [  # BLOCK_M query rows per step, BLOCK_N keys owned
@@ -151,6 +151,36 @@ def _bwd_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, b64, qi, h, row_mask, offs_d,
     return q, do, lse2, delta
 
 
+@triton.jit
+def _fwd_tile(q, k_base, v_base, n0, num_keys, m_i, l_i, acc, offs_d, stride_kt, stride_vt,
+              qk_scale, INPUT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr):
+    """One BLOCK_N-key tile of the online softmax: (m, l, acc) updated with keys n0.. of the
+    range (offsets relative to k_base/v_base, computed here from the key numbers: offset
+    tensors hoisted out of the loop would pin ~64 registers)."""
+    keys = n0 + tl.arange(0, BLOCK_N)
+    if MASKED:
+        k_mask = keys < num_keys
+        kt = tl.load(k_base + keys[None, :] * stride_kt + offs_d[:, None], mask=k_mask[None, :],
+                     other=0.0)  # (Dh, BLOCK_N)
+    else:
+        kt = tl.load(k_base + keys[None, :] * stride_kt + offs_d[:, None])
+    s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * qk_scale
+    if MASKED:
+        s = tl.where(k_mask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: every tile has a real key
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if MASKED:
+        vt = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :], mask=k_mask[:, None],
+                     other=0.0)  # (BLOCK_N, Dh)
+    else:
+        vt = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :])
+    acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None], input_precision=INPUT_PRECISION)
+    return m_new, l_i, acc
+
+
 # Sizes vary from call to call (batch, lengths, query count): not specializing on them (== 1,
 # multiple of 16) keeps one compiled kernel per (config, Dh, G, dtype) instead of several. The
 # strides stay specialized: their divisibility is what lets loads vectorize.
@@ -197,26 +227,18 @@ def _attn_fwd_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
-    # Scalar int64 base at this range's first key, int32 offsets computed per tile from the
-    # tile's key numbers: offset tensors hoisted out of the loop would pin ~64 registers.
+    # Scalar int64 base at this range's first key; int32 offsets within the range.
     k_base = k_ptr + lo * stride_kt + kvh.to(tl.int64) * stride_kh
     v_base = v_ptr + lo * stride_vt + kvh.to(tl.int64) * stride_vh
     num_keys = (hi - lo).to(tl.int32)
-    for n0 in range(0, num_keys, BLOCK_N):
-        keys = n0 + tl.arange(0, BLOCK_N)
-        k_mask = keys < num_keys
-        kt = tl.load(k_base + keys[None, :] * stride_kt + offs_d[:, None], mask=k_mask[None, :],
-                     other=0.0)  # (Dh, BLOCK_N)
-        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * qk_scale
-        s = tl.where(k_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: every tile has a real key
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        vt = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :], mask=k_mask[:, None],
-                     other=0.0)  # (BLOCK_N, Dh)
-        acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None], input_precision=INPUT_PRECISION)
-        m_i = m_new
+    # Full tiles without masks, then the one partial tile (if any) with them.
+    num_full = num_keys - num_keys % BLOCK_N
+    for n0 in range(0, num_full, BLOCK_N):
+        m_i, l_i, acc = _fwd_tile(q, k_base, v_base, n0, num_keys, m_i, l_i, acc, offs_d,
+                                  stride_kt, stride_vt, qk_scale, INPUT_PRECISION, BLOCK_N, False)
+    if num_full < num_keys:
+        m_i, l_i, acc = _fwd_tile(q, k_base, v_base, num_full, num_keys, m_i, l_i, acc, offs_d,
+                                  stride_kt, stride_vt, qk_scale, INPUT_PRECISION, BLOCK_N, True)
 
     # A user (or split) without keys: l = 0 -> output 0 and lse = -inf, never NaN.
     has_keys = l_i > 0.0
