@@ -9,6 +9,7 @@ from .rq import rq_assign, rq_assign_reference
 from .beam import (BeamSearchResult, SemanticIdTrie, constrained_beam_search,
                    trie_beam_search_step, trie_beam_step_reference)
 from .kmeans import kmeans_step, kmeans_step_reference
+from .attention import varlen_cross_attention, varlen_cross_attention_reference
 
 __version__ = "0.1.0"
 
@@ -39,4 +40,5 @@ __all__ = [
     "kmeans_step", "kmeans_step_reference",
     "SemanticIdTrie", "BeamSearchResult", "trie_beam_search_step", "trie_beam_step_reference",
     "constrained_beam_search",
+    "varlen_cross_attention", "varlen_cross_attention_reference",
 ]

@@ -1,0 +1,1 @@
+"""Model layer of onerec: modules built on the onerec_kernels ops."""
