@@ -9,6 +9,8 @@ from .rq import rq_assign, rq_assign_reference
 from .beam import (BeamSearchResult, SemanticIdTrie, constrained_beam_search,
                    trie_beam_search_step, trie_beam_step_reference)
 from .kmeans import kmeans_step, kmeans_step_reference
+from .moe import (MoeAlignment, fused_moe, fused_moe_reference, moe_align, moe_route,  # noqa: F401
+                  moe_route_reference)
 
 __version__ = "0.1.0"
 
