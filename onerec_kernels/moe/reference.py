@@ -144,12 +144,12 @@ def fused_moe_reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
             a = apply_activation(xs[start:start + c] @ w1[e], activation)
             outs.append(a @ w2[e])
         start += c
+    if not outs:  # no slots: a zero-row product keeps y in the graph (zero gradients)
+        outs.append(apply_activation(xs @ w1[0], activation) @ w2[0])
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = torch.zeros((num_tokens, d), dtype=acc, device=x.device)
-    if outs:
-        o = torch.cat(outs).to(acc) * topk_weights.reshape(-1)[order].to(acc).unsqueeze(1)
-        y = y.index_add(0, token, o)
-    return y.to(x.dtype)
+    o = torch.cat(outs).to(acc) * topk_weights.reshape(-1)[order].to(acc).unsqueeze(1)
+    return y.index_add(0, token, o).to(x.dtype)
 
 
 def route_weights_backward(router_logits: torch.Tensor, topk_ids: torch.Tensor,

@@ -110,6 +110,8 @@ def _moe_route_kernel(logits_ptr, bias_ptr, w_ptr, ids_ptr, T, E, stride_t, top_
                      other=float("-inf")).to(tl.float32)
     is_nan = logits != logits
     logits = tl.where(is_nan, float("-inf"), logits)
+    logits = tl.where(row_mask[:, None] & ~col_mask[None, :], float("-inf"), logits)
+    logits = tl.where(row_mask[:, None], logits, 0.0)  # rows past T: no -inf - -inf
     if SOFTMAX:
         # Same steps as reference.route_scores (an all -inf row gives NaN scores there too).
         e = tl.exp(logits - tl.max(logits, axis=1)[:, None])

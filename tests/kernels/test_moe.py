@@ -14,8 +14,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:Runtim
 TRITON_DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 HAS_TRITON = TRITON_DEV.type == "cuda" or _backend.triton_interpret()
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="no Triton device or interpreter")
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 Triton needs CUDA (the "
-                         "interpreter computes bf16 wrongly)")
+_needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 Triton needs CUDA "
+                                 "(the interpreter computes bf16 wrongly)")
+
+
+def gpu(test):
+    return pytest.mark.gpu(_needs_cuda(test))
 
 
 @pytest.fixture(autouse=True, scope="module")
