@@ -44,14 +44,24 @@ ACT_CODES = {"swiglu": 0, "gelu": 1}
 # handful of rows, so BLOCK_M = 16 wastes little on padding), "mid" (m <= 512), "train".
 # Per kernel: gemm_up (x @ w1, activation epilogue), gemm_down (a @ w2, also the x-gradient
 # GEMM), act_bwd (gy @ w2^T), wgrad (per-expert weight gradients; its BLOCK_K runs over slots).
-# Each entry: (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages); BLOCK_M is per regime (it is
-# also the alignment padding, so one value for the three slot-blocked kernels).
+# GEMM entries: (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages); BLOCK_M is per regime (it
+# is also the alignment padding, so one value for the three slot-blocked kernels). wgrad
+# entries: (BLOCK_M, BLOCK_N, BLOCK_K over slots, num_warps, num_stages). The SwiGLU forward
+# runs gemm_up at half the entry's BLOCK_N: it keeps two accumulators (gate and up), so the same
+# entry covers the same 2 * BLOCK_N weight columns and register budget as the GELU kernel (at
+# full width it spilled: 255 registers + 52 bytes in the AOT check). act_bwd stays at 64
+# columns: its epilogue holds z (gate, up) and a besides the accumulator (568 bytes of spills at
+# 128).
+# The "default" values are untuned starting points (chosen by tile-size reasoning: a 128 x 128
+# output tile per 8 warps in "train", sm_90 shared memory <= 227 KB with the SwiGLU kernel's two
+# B tiles, no register spills per the AOT check); no GPU timing stands behind them yet.
 #
-# Retune: on the target GPU run `python -m benchmarks.bench_moe --tune` (or call
-# `tune_tiles()` below), which times the candidate list per kernel and regime on the issue's
-# shapes and prints a table to paste here under the GPU's key (torch.cuda.get_device_name()
-# substring, e.g. "H200"); "default" is used for any GPU without an entry. Every entry must
-# also pass scripts/triton_aot.py for sm_90 (AOT_CONFIGS below is what it compiles).
+# Retune: on the target GPU run `python benchmarks/bench_moe.py --tune [--activation swiglu]`
+# (tune_tiles there): per regime it times BLOCK_M and then each kernel's candidates on a
+# representative shape of the issue's grid and prints a table to paste here under the GPU's key
+# (a torch.cuda.get_device_name() substring, e.g. "H200"); "default" serves any GPU without an
+# entry. Every entry must then compile for sm_90 without spills (AOT_CONFIGS below is the list
+# scripts/triton_aot.py compiles).
 # ---------------------------------------------------------------------------------------------
 TILE_TABLE = {
     "default": {
@@ -59,17 +69,22 @@ TILE_TABLE = {
                    "gemm_up": (64, 128, 1, 4, 4), "gemm_down": (64, 128, 1, 4, 4),
                    "act_bwd": (64, 128, 1, 4, 4), "wgrad": (64, 64, 32, 4, 3)},
         "mid": {"BLOCK_M": 64,
-                "gemm_up": (64, 64, 8, 4, 4), "gemm_down": (128, 64, 8, 4, 4),
+                "gemm_up": (128, 64, 8, 4, 4), "gemm_down": (128, 64, 8, 4, 4),
                 "act_bwd": (64, 64, 8, 4, 4), "wgrad": (128, 64, 64, 8, 3)},
         "train": {"BLOCK_M": 128,
-                  "gemm_up": (64, 64, 8, 8, 3), "gemm_down": (128, 64, 8, 8, 3),
+                  "gemm_up": (128, 64, 8, 8, 3), "gemm_down": (128, 64, 8, 8, 3),
                   "act_bwd": (64, 64, 8, 8, 3), "wgrad": (128, 128, 64, 8, 3)},
     },
 }
 # The interpreter runs each program in Python: few, large-enough tiles keep the tests fast.
 _INTERPRET_TILES = {"BLOCK_M": 32, "gemm_up": (64, 64, 1, 4, 1), "gemm_down": (64, 64, 1, 4, 1),
                     "act_bwd": (64, 64, 1, 4, 1), "wgrad": (64, 64, 64, 4, 1)}
-ROUTE_BLOCK_T = 32
+
+
+def route_block_t(num_experts: int) -> int:
+    """Token rows per routing program: 32, fewer for wide expert counts so the (rows x
+    next_pow2(E)) tiles stay at <= 16 values per thread (E = 256 with 32 rows spilled)."""
+    return max(1, min(32, 2048 // triton.next_power_of_2(num_experts)))
 
 
 def regime(num_slots: int, num_experts: int) -> str:
@@ -89,9 +104,10 @@ def pick_tiles(num_slots: int, num_experts: int, device: torch.device) -> dict:
     return table[forced if forced in table else regime(num_slots, num_experts)]
 
 
-def _meta(entry) -> dict:
+def _meta(entry, halve_n: bool = False) -> dict:
     bn, bk, gm, warps, stages = entry
-    return {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": gm, "num_warps": warps, "num_stages": stages}
+    return {"BLOCK_N": max(bn // 2, 16) if halve_n else bn, "BLOCK_K": bk, "GROUP_M": gm,
+            "num_warps": warps, "num_stages": stages}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,11 +167,12 @@ def moe_route_triton(router_logits: torch.Tensor, top_k: int, softmax: bool,
     num_tokens, num_experts = router_logits.shape
     w = torch.empty((num_tokens, top_k), dtype=torch.float32, device=router_logits.device)
     ids = torch.empty((num_tokens, top_k), dtype=torch.int64, device=router_logits.device)
-    grid = (triton.cdiv(num_tokens, ROUTE_BLOCK_T),)
+    block_t = route_block_t(num_experts)
+    grid = (triton.cdiv(num_tokens, block_t),)
     _moe_route_kernel[grid](router_logits, bias if bias is not None else w, w, ids, num_tokens,
                             num_experts, router_logits.stride(0), top_k,
                             SOFTMAX=softmax, HAS_BIAS=bias is not None, RENORM=renormalize,
-                            BLOCK_T=ROUTE_BLOCK_T, BLOCK_E=triton.next_power_of_2(num_experts),
+                            BLOCK_T=block_t, BLOCK_E=triton.next_power_of_2(num_experts),
                             BLOCK_K=triton.next_power_of_2(top_k))
     return w, ids
 
@@ -326,7 +343,7 @@ def _moe_wgrad_kernel(
 def _gemm(a, b, out, *, sorted_ids, block_expert, num_slots, n_cols, k_dim, a_div,
           b_strides, epilogue, tiles, kernel_key, act=0, store_z=False, h_off=0, aux=None,
           aux2=None, weight=None, part=None, stride_xm=0):
-    meta = _meta(tiles[kernel_key])
+    meta = _meta(tiles[kernel_key], halve_n=epilogue == EPI_ACT and act == ACT_CODES["swiglu"])
     block_m = tiles["BLOCK_M"]
     num_blocks_m = block_expert.numel()
     num_experts = b.shape[0]
@@ -440,6 +457,7 @@ _WGRAD_SCALARS = ("M", "N", "A_DIV", "B_DIV", "stride_am", "stride_bm")
 _WGRAD_POINTERS = ("a_ptr", "b_ptr", "out_ptr", "scale_ptr", "sorted_ptr", "starts_ptr",
                    "counts_ptr")
 _POINTER_TYPES = {"weight_ptr": "*fp32", "part_ptr": "*fp32", "scale_ptr": "*fp32",
+                  "bias_ptr": "*fp32", "w_ptr": "*fp32", "ids_ptr": "*i64",
                   "sorted_ptr": "*i32", "block_expert_ptr": "*i32", "starts_ptr": "*i32",
                   "counts_ptr": "*i64"}
 
@@ -465,14 +483,15 @@ def _aot_configs() -> list[dict]:
              "stride_xm", "M", "stride_bm")
     for gpu, table in TILE_TABLE.items():
         for reg, tiles in table.items():
-            for dtype in ("bf16", "fp16"):
+            for dtype in ("bf16", "fp16", "fp32"):
+                precision = "tf32" if dtype == "fp32" else "ieee"
                 for key, epi, act, store_z, unit in variants:
-                    meta = _meta(tiles[key])
+                    meta = _meta(tiles[key], halve_n=epi == EPI_ACT and act == 0)
                     out.append(_aot_entry(
                         f"moe_{key}_{gpu}_{reg}_{dtype}_epi{epi}_act{act}_z{int(store_z)}",
                         _moe_gemm_kernel, _GEMM_POINTERS, _GEMM_SCALARS, dtype,
                         {"EPILOGUE": epi, "ACT": act, "STORE_Z": store_z,
-                         "INPUT_PRECISION": "ieee", "BLOCK_M": tiles["BLOCK_M"],
+                         "INPUT_PRECISION": precision, "BLOCK_M": tiles["BLOCK_M"],
                          "BLOCK_N": meta["BLOCK_N"], "BLOCK_K": meta["BLOCK_K"],
                          "GROUP_M": meta["GROUP_M"]},
                         (unit,), div16, meta["num_warps"], meta["num_stages"]))
@@ -481,8 +500,19 @@ def _aot_configs() -> list[dict]:
                     out.append(_aot_entry(
                         f"moe_wgrad_{gpu}_{reg}_{dtype}_scale{int(has_scale)}", _moe_wgrad_kernel,
                         _WGRAD_POINTERS, _WGRAD_SCALARS, dtype,
-                        {"HAS_SCALE": has_scale, "INPUT_PRECISION": "ieee", "BLOCK_M": bm,
+                        {"HAS_SCALE": has_scale, "INPUT_PRECISION": precision, "BLOCK_M": bm,
                          "BLOCK_N": bn, "BLOCK_K": bk}, (), div16, warps, stages))
+    for dtype in ("fp32", "bf16"):  # router logits
+        for num_experts, top_k in ((8, 2), (24, 2), (24, 4), (256, 8)):
+            for softmax in (True, False):
+                out.append(_aot_entry(
+                    f"moe_route_{dtype}_E{num_experts}_k{top_k}_{'softmax' if softmax else 'sigmoid'}",
+                    _moe_route_kernel, ("logits_ptr", "bias_ptr", "w_ptr", "ids_ptr"),
+                    ("T", "E", "stride_t", "top_k"), dtype,
+                    {"SOFTMAX": softmax, "HAS_BIAS": True, "RENORM": True,
+                     "BLOCK_T": route_block_t(num_experts),
+                     "BLOCK_E": triton.next_power_of_2(num_experts),
+                     "BLOCK_K": triton.next_power_of_2(top_k)}, (), (), 4, 1))
     return out
 
 
