@@ -134,6 +134,14 @@ def moe_route(router_logits: torch.Tensor, top_k: int, *, score_func: str = "sof
 
 
 # ----------------------------------------------------------------------------------- alignment
+def _align_fake(topk_ids, num_experts, block_m):
+    n = topk_ids.numel()
+    num_blocks = (n + num_experts * (block_m - 1)) // block_m
+    new = topk_ids.new_empty
+    return (new((num_blocks * block_m,), dtype=torch.int32), new((num_blocks,), dtype=torch.int32),
+            new((num_experts,), dtype=torch.int32), new((num_experts,), dtype=torch.int64))
+
+
 @torch.library.custom_op("onerec::moe_align", mutates_args=())
 def _moe_align_op(topk_ids: torch.Tensor, num_experts: int, block_m: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,16 +150,21 @@ def _moe_align_op(topk_ids: torch.Tensor, num_experts: int, block_m: int
     return sorted_ids.clone(), block_expert, starts, counts  # clone: not a view of scratch
 
 
-@_moe_align_op.register_fake
-def _(topk_ids, num_experts, block_m):
-    n = topk_ids.numel()
-    num_blocks = (n + num_experts * (block_m - 1)) // block_m
-    new = topk_ids.new_empty
-    return (new((num_blocks * block_m,), dtype=torch.int32), new((num_blocks,), dtype=torch.int32),
-            new((num_experts,), dtype=torch.int32), new((num_experts,), dtype=torch.int64))
+@torch.library.custom_op("onerec::moe_align_triton", mutates_args=())
+def _moe_align_triton_op(topk_ids: torch.Tensor, num_experts: int, block_m: int
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .triton_kernels import moe_align_triton
+
+    _check_ids("moe_align", topk_ids, num_experts)
+    return moe_align_triton(topk_ids.contiguous(), num_experts, block_m)
 
 
-def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoeAlignment:
+_moe_align_op.register_fake(_align_fake)
+_moe_align_triton_op.register_fake(_align_fake)
+
+
+def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *,
+              backend: str | None = None) -> MoeAlignment:
     """The slot layout the grouped kernels run on: slots (t * k + j) sorted by expert, each
     expert's run padded to a multiple of block_m, sized by static upper bounds (no sync).
 
@@ -159,6 +172,7 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoeAlig
         topk_ids: (T, k) int32 / int64 in [0, E) (checked: eagerly on CPU, by a device-side
             assert on CUDA; see the module docstring).
         num_experts: E >= 1. block_m: rows per block, >= 1.
+        backend: "torch" | "triton" | None (Triton on CUDA); both give identical tensors.
     Returns a MoeAlignment (fields and shapes in moe_align_reference's docstring); its
     tokens_per_expert (E,) int64 are the per-expert loads (what the balancing update reads).
     """
@@ -166,7 +180,9 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoeAlig
     check_tensor(op, "topk_ids", topk_ids, ndim=2, dtypes=IDS)
     check_positive(op, "num_experts", num_experts, "E")
     check_positive(op, "block_m", block_m, "the block size")
-    return MoeAlignment(*_moe_align_op(topk_ids, num_experts, block_m))
+    backend = _backend.resolve(op, backend, topk_ids.device, SUPPORTED, DEFAULT_ORDER)
+    align = _moe_align_triton_op if backend == "triton" else _moe_align_op
+    return MoeAlignment(*align(topk_ids, num_experts, block_m))
 
 
 # ------------------------------------------------------------------------------ expert FFN
@@ -270,6 +286,8 @@ def _validate_moe(x, w1, w2, topk_weights, topk_ids, activation) -> None:
     top_k = topk_ids.shape[1]
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"{op}: k = topk_ids.shape[1] must be in [1, {num_experts}] (E), got {top_k}")
+    if topk_ids.numel() >= 2 ** 31 - num_experts * 256:
+        raise ValueError(f"{op}: T * k ({topk_ids.numel()}) must stay below 2^31 (int32 slot ids)")
 
 
 def fused_moe(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
@@ -303,7 +321,7 @@ def fused_moe(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights:
         raise TypeError("fused_moe: the triton backend takes float32/16/bf16 x, got float64")
     top_k = topk_ids.shape[1]
     block_m = _tiles(topk_ids.numel(), num_experts, x.device)["BLOCK_M"]
-    align = moe_align(topk_ids, num_experts, block_m)
+    align = moe_align(topk_ids, num_experts, block_m, backend="triton")
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, w1, w2, topk_weights))
     y, _, _ = _fused_moe_triton_op(x.contiguous(), w1.contiguous(), w2.contiguous(),

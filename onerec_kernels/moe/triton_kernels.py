@@ -178,6 +178,116 @@ def moe_route_triton(router_logits: torch.Tensor, top_k: int, softmax: bool,
 
 
 # ---------------------------------------------------------------------------------------------
+# Alignment: the layout of moe_align_reference (identical output) in three launches instead of
+# the ~20 small ones of the PyTorch version (scatter_add, cumsums, a radix sort, gathers, a
+# scatter, searchsorted), which would cost more than the whole routing step at T = 4096.
+#   count:   one program per chunk of CHUNK slots: per-expert counts of the chunk
+#   scan:    one program: per-expert exclusive prefix over chunks, totals, padded starts,
+#            each block's expert
+#   scatter: one program per chunk: slot -> start[e] + (earlier chunks' e) + (earlier in chunk)
+# Within an expert, slots stay in ascending order (the stable sort of the reference).
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _chunk_onehot(ids_ptr, chunk, n, num_experts, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    slots = chunk * CHUNK + tl.arange(0, CHUNK)
+    ids = tl.load(ids_ptr + slots, mask=slots < n, other=-1)
+    experts = tl.arange(0, BLOCK_E)
+    onehot = (ids[:, None] == experts[None, :]) & (experts[None, :] < num_experts)
+    return slots, onehot.to(tl.int32)
+
+
+@triton.jit
+def _moe_align_count_kernel(ids_ptr, chunk_counts_ptr, n, num_experts,
+                            CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    chunk = tl.program_id(0)
+    _, onehot = _chunk_onehot(ids_ptr, chunk, n, num_experts, CHUNK, BLOCK_E)
+    experts = tl.arange(0, BLOCK_E)
+    tl.store(chunk_counts_ptr + chunk * num_experts + experts, tl.sum(onehot, axis=0),
+             mask=experts < num_experts)
+
+
+@triton.jit
+def _moe_align_scan_kernel(chunk_counts_ptr, chunk_offsets_ptr, starts_ptr, counts_ptr,
+                           block_expert_ptr, num_chunks, num_experts, num_blocks, block_m,
+                           SCAN_C: tl.constexpr, BLOCK_E: tl.constexpr,
+                           BLOCK_B: tl.constexpr):
+    experts = tl.arange(0, BLOCK_E)
+    e_mask = experts < num_experts
+    total = tl.zeros((BLOCK_E,), tl.int32)
+    rows = tl.arange(0, SCAN_C)
+    for c0 in range(0, num_chunks, SCAN_C):
+        m = ((c0 + rows) < num_chunks)[:, None] & e_mask[None, :]
+        offs = (c0 + rows)[:, None] * num_experts + experts[None, :]
+        cnt = tl.load(chunk_counts_ptr + offs, mask=m, other=0)
+        incl = tl.cumsum(cnt, axis=0)
+        tl.store(chunk_offsets_ptr + offs, total[None, :] + incl - cnt, mask=m)
+        total += tl.sum(cnt, axis=0)
+    padded = (total + block_m - 1) // block_m * block_m
+    padded_end = tl.cumsum(padded, axis=0)
+    tl.store(counts_ptr + experts, total.to(tl.int64), mask=e_mask)
+    tl.store(starts_ptr + experts, padded_end - padded, mask=e_mask)
+    # block b belongs to the first expert whose padded run ends after b * block_m (E past the end)
+    ends = tl.where(e_mask, padded_end, 2147483647)
+    blocks = tl.arange(0, BLOCK_B)
+    for b0 in range(0, num_blocks, BLOCK_B):
+        pos = (b0 + blocks) * block_m
+        owner = tl.sum((ends[None, :] <= pos[:, None]).to(tl.int32), axis=1)
+        tl.store(block_expert_ptr + b0 + blocks, owner, mask=(b0 + blocks) < num_blocks)
+
+
+@triton.jit
+def _moe_align_scatter_kernel(ids_ptr, chunk_offsets_ptr, starts_ptr, sorted_ptr, n,
+                              num_experts, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    chunk = tl.program_id(0)
+    slots, onehot = _chunk_onehot(ids_ptr, chunk, n, num_experts, CHUNK, BLOCK_E)
+    experts = tl.arange(0, BLOCK_E)
+    e_mask = experts < num_experts
+    base = (tl.load(starts_ptr + experts, mask=e_mask, other=0)
+            + tl.load(chunk_offsets_ptr + chunk * num_experts + experts, mask=e_mask, other=0))
+    earlier = tl.cumsum(onehot, axis=0) - onehot  # same-expert slots before this one in the chunk
+    dest = tl.sum(onehot * (base[None, :] + earlier), axis=1)
+    valid = tl.sum(onehot, axis=1) > 0
+    tl.store(sorted_ptr + dest, slots, mask=valid)
+
+
+def _align_chunk(block_e: int) -> int:
+    """Slots per count/scatter program: the (CHUNK x BLOCK_E) one-hot stays at 8K values."""
+    return max(16, min(256, 8192 // block_e))
+
+
+def _align_rows(block_e: int, most: int) -> int:
+    return max(1, min(most, 8192 // block_e))
+
+
+def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int):
+    """moe_align_reference's outputs (bit-identical) in three kernels; topk_ids contiguous."""
+    n = topk_ids.numel()
+    dev = topk_ids.device
+    num_blocks = (n + num_experts * (block_m - 1)) // block_m
+    block_e = triton.next_power_of_2(num_experts)
+    chunk = _align_chunk(block_e)
+    num_chunks = triton.cdiv(n, chunk)
+    ids = topk_ids.reshape(-1)
+    sorted_ids = torch.full((num_blocks * block_m,), n, dtype=torch.int32, device=dev)
+    block_expert = torch.empty((num_blocks,), dtype=torch.int32, device=dev)
+    starts = torch.empty((num_experts,), dtype=torch.int32, device=dev)
+    counts = torch.empty((num_experts,), dtype=torch.int64, device=dev)
+    chunk_counts = torch.empty((max(num_chunks, 1), num_experts), dtype=torch.int32, device=dev)
+    chunk_offsets = torch.empty_like(chunk_counts)
+    if num_chunks:
+        _moe_align_count_kernel[(num_chunks,)](ids, chunk_counts, n, num_experts, CHUNK=chunk,
+                                              BLOCK_E=block_e)
+    _moe_align_scan_kernel[(1,)](chunk_counts, chunk_offsets, starts, counts, block_expert,
+                                 num_chunks, num_experts, num_blocks, block_m,
+                                 SCAN_C=_align_rows(block_e, 64), BLOCK_E=block_e,
+                                 BLOCK_B=_align_rows(block_e, 128))
+    if num_chunks:
+        _moe_align_scatter_kernel[(num_chunks,)](ids, chunk_offsets, starts, sorted_ids, n,
+                                                num_experts, CHUNK=chunk, BLOCK_E=block_e)
+    return sorted_ids, block_expert, starts, counts
+
+
+# ---------------------------------------------------------------------------------------------
 # Grouped GEMMs over the sorted slot layout
 # ---------------------------------------------------------------------------------------------
 @triton.jit
@@ -457,6 +567,7 @@ _WGRAD_SCALARS = ("M", "N", "A_DIV", "B_DIV", "stride_am", "stride_bm")
 _WGRAD_POINTERS = ("a_ptr", "b_ptr", "out_ptr", "scale_ptr", "sorted_ptr", "starts_ptr",
                    "counts_ptr")
 _POINTER_TYPES = {"weight_ptr": "*fp32", "part_ptr": "*fp32", "scale_ptr": "*fp32",
+                  "chunk_counts_ptr": "*i32", "chunk_offsets_ptr": "*i32",
                   "bias_ptr": "*fp32", "w_ptr": "*fp32", "ids_ptr": "*i64",
                   "sorted_ptr": "*i32", "block_expert_ptr": "*i32", "starts_ptr": "*i32",
                   "counts_ptr": "*i64"}
@@ -513,6 +624,22 @@ def _aot_configs() -> list[dict]:
                      "BLOCK_T": route_block_t(num_experts),
                      "BLOCK_E": triton.next_power_of_2(num_experts),
                      "BLOCK_K": triton.next_power_of_2(top_k)}, (), (), 4, 1))
+    for num_experts in (8, 24, 256):  # alignment (int64 ids from moe_route)
+        block_e = triton.next_power_of_2(num_experts)
+        chunk = _align_chunk(block_e)
+        out.append(_aot_entry(f"moe_align_count_E{num_experts}", _moe_align_count_kernel,
+                              ("ids_ptr", "chunk_counts_ptr"), ("n", "num_experts"), "i64",
+                              {"CHUNK": chunk, "BLOCK_E": block_e}, (), (), 4, 1))
+        out.append(_aot_entry(f"moe_align_scan_E{num_experts}", _moe_align_scan_kernel,
+                              ("chunk_counts_ptr", "chunk_offsets_ptr", "starts_ptr",
+                               "counts_ptr", "block_expert_ptr"),
+                              ("num_chunks", "num_experts", "num_blocks", "block_m"), "i32",
+                              {"SCAN_C": _align_rows(block_e, 64), "BLOCK_E": block_e,
+                               "BLOCK_B": _align_rows(block_e, 128)}, (), (), 4, 1))
+        out.append(_aot_entry(f"moe_align_scatter_E{num_experts}", _moe_align_scatter_kernel,
+                              ("ids_ptr", "chunk_offsets_ptr", "starts_ptr", "sorted_ptr"),
+                              ("n", "num_experts"), "i64",
+                              {"CHUNK": chunk, "BLOCK_E": block_e}, (), (), 4, 1))
     return out
 
 
