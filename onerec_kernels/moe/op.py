@@ -192,6 +192,14 @@ def _tiles(num_slots: int, num_experts: int, device: torch.device) -> dict:
     return pick_tiles(num_slots, num_experts, device)
 
 
+@torch.compiler.assume_constant_result
+def _block_m(num_slots: int, num_experts: int, device_type: str, device_index: int) -> int:
+    """The alignment block of this call's tile config. A constant for torch.compile: the
+    lookup reads the GPU's name (not traceable) and depends on static shapes only."""
+    index = None if device_index < 0 else device_index
+    return _tiles(num_slots, num_experts, torch.device(device_type, index))["BLOCK_M"]
+
+
 @torch.library.custom_op("onerec::fused_moe_triton", mutates_args=())
 def _fused_moe_triton_op(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                          topk_weights: torch.Tensor, sorted_ids: torch.Tensor,
@@ -320,7 +328,9 @@ def fused_moe(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights:
     if x.dtype == torch.float64:
         raise TypeError("fused_moe: the triton backend takes float32/16/bf16 x, got float64")
     top_k = topk_ids.shape[1]
-    block_m = _tiles(topk_ids.numel(), num_experts, x.device)["BLOCK_M"]
+    dev = x.device
+    block_m = _block_m(topk_ids.numel(), num_experts, dev.type,
+                       -1 if dev.index is None else dev.index)
     align = moe_align(topk_ids, num_experts, block_m, backend="triton")
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, w1, w2, topk_weights))
