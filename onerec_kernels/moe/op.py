@@ -100,7 +100,8 @@ def moe_route(router_logits: torch.Tensor, top_k: int, *, score_func: str = "sof
 
     Returns:
         topk_weights: (T, k) float32 (differentiable with respect to router_logits),
-        topk_ids: (T, k) int64 in [0, E), best first. Ties go to the lower expert id.
+        topk_ids: (T, k) int64 in [0, E), best first. Ties go to the lower expert id; ids from
+        different backends may differ only at genuine near-ties (the scores' rounding).
 
     Non-finite logits (the same on every backend): a NaN logit is masked to -inf before scoring
     (its expert's score is 0) and is never selected over an expert with a usable score; a NaN
