@@ -197,13 +197,17 @@ def _chunk_onehot(ids_ptr, chunk, n, num_experts, CHUNK: tl.constexpr, BLOCK_E: 
 
 
 @triton.jit
-def _moe_align_count_kernel(ids_ptr, chunk_counts_ptr, n, num_experts,
+def _moe_align_count_kernel(ids_ptr, chunk_counts_ptr, bad_ptr, n, num_experts,
                             CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Per-expert counts of one chunk; ids outside [0, E) are counted into bad_ptr[chunk] (the
+    range check rides along instead of costing its own launches)."""
     chunk = tl.program_id(0)
-    _, onehot = _chunk_onehot(ids_ptr, chunk, n, num_experts, CHUNK, BLOCK_E)
+    slots, onehot = _chunk_onehot(ids_ptr, chunk, n, num_experts, CHUNK, BLOCK_E)
     experts = tl.arange(0, BLOCK_E)
     tl.store(chunk_counts_ptr + chunk * num_experts + experts, tl.sum(onehot, axis=0),
              mask=experts < num_experts)
+    valid = tl.sum(onehot, axis=1)
+    tl.store(bad_ptr + chunk, tl.sum(tl.where(slots < n, 1 - valid, 0), axis=0))
 
 
 @triton.jit
@@ -260,7 +264,8 @@ def _align_rows(block_e: int, most: int) -> int:
 
 
 def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int):
-    """moe_align_reference's outputs (bit-identical) in three kernels; topk_ids contiguous."""
+    """moe_align_reference's outputs (bit-identical) in three kernels; topk_ids contiguous.
+    Also returns the number of ids outside [0, E) as a (1,) int32 device tensor (no sync)."""
     n = topk_ids.numel()
     dev = topk_ids.device
     num_blocks = (n + num_experts * (block_m - 1)) // block_m
@@ -274,9 +279,10 @@ def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     counts = torch.empty((num_experts,), dtype=torch.int64, device=dev)
     chunk_counts = torch.empty((max(num_chunks, 1), num_experts), dtype=torch.int32, device=dev)
     chunk_offsets = torch.empty_like(chunk_counts)
+    bad = torch.zeros((max(num_chunks, 1),), dtype=torch.int32, device=dev)
     if num_chunks:
-        _moe_align_count_kernel[(num_chunks,)](ids, chunk_counts, n, num_experts, CHUNK=chunk,
-                                              BLOCK_E=block_e)
+        _moe_align_count_kernel[(num_chunks,)](ids, chunk_counts, bad, n, num_experts,
+                                              CHUNK=chunk, BLOCK_E=block_e)
     _moe_align_scan_kernel[(1,)](chunk_counts, chunk_offsets, starts, counts, block_expert,
                                  num_chunks, num_experts, num_blocks, block_m,
                                  SCAN_C=_align_rows(block_e, 64), BLOCK_E=block_e,
@@ -284,7 +290,7 @@ def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     if num_chunks:
         _moe_align_scatter_kernel[(num_chunks,)](ids, chunk_offsets, starts, sorted_ids, n,
                                                 num_experts, CHUNK=chunk, BLOCK_E=block_e)
-    return sorted_ids, block_expert, starts, counts
+    return sorted_ids, block_expert, starts, counts, bad.sum(dtype=torch.int32).view(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,7 +573,7 @@ _WGRAD_SCALARS = ("M", "N", "A_DIV", "B_DIV", "stride_am", "stride_bm")
 _WGRAD_POINTERS = ("a_ptr", "b_ptr", "out_ptr", "scale_ptr", "sorted_ptr", "starts_ptr",
                    "counts_ptr")
 _POINTER_TYPES = {"weight_ptr": "*fp32", "part_ptr": "*fp32", "scale_ptr": "*fp32",
-                  "chunk_counts_ptr": "*i32", "chunk_offsets_ptr": "*i32",
+                  "chunk_counts_ptr": "*i32", "chunk_offsets_ptr": "*i32", "bad_ptr": "*i32",
                   "bias_ptr": "*fp32", "w_ptr": "*fp32", "ids_ptr": "*i64",
                   "sorted_ptr": "*i32", "block_expert_ptr": "*i32", "starts_ptr": "*i32",
                   "counts_ptr": "*i64"}
@@ -628,7 +634,8 @@ def _aot_configs() -> list[dict]:
         block_e = triton.next_power_of_2(num_experts)
         chunk = _align_chunk(block_e)
         out.append(_aot_entry(f"moe_align_count_E{num_experts}", _moe_align_count_kernel,
-                              ("ids_ptr", "chunk_counts_ptr"), ("n", "num_experts"), "i64",
+                              ("ids_ptr", "chunk_counts_ptr", "bad_ptr"), ("n", "num_experts"),
+                              "i64",
                               {"CHUNK": chunk, "BLOCK_E": block_e}, (), (), 4, 1))
         out.append(_aot_entry(f"moe_align_scan_E{num_experts}", _moe_align_scan_kernel,
                               ("chunk_counts_ptr", "chunk_offsets_ptr", "starts_ptr",

@@ -187,17 +187,19 @@ def test_route_backends_agree(seed, score_func, renormalize):
         bias = 0.1 * torch.randn(num_experts, device=TRITON_DEV)
         results = {b: ok.moe_route(logits, top_k, score_func=score_func, bias=bias,
                                    renormalize=renormalize, backend=b) for b in _route_backends()}
-        w_ref, ids_ref = results["torch"]
-        # the definition: top-k of score + bias (fp64), weights = unbiased scores
+        # the definition in fp64: top-k of score + bias, weights = unbiased scores
         s = logits.double().softmax(1) if score_func == "softmax" else logits.double().sigmoid()
-        want_ids = (s + bias.double()).topk(top_k, dim=1).indices
-        assert torch.equal(ids_ref, want_ids)
-        want_w = s.gather(1, want_ids)
-        if renormalize:
-            want_w = want_w / want_w.sum(1, keepdim=True)
+        sel = s + bias.double()
+        want_ids = sel.topk(top_k, dim=1).indices
         for b, (w, ids) in results.items():
             assert w.dtype == torch.float32 and ids.dtype == torch.int64 and w.shape == (num_tokens, top_k)
-            assert torch.equal(ids, want_ids), b
+            # the same choices up to genuine near-ties (fp32 rounding of the scores)
+            mismatch = (ids != want_ids).any(dim=1)
+            assert mismatch.sum() <= 1, b
+            torch.testing.assert_close(sel.gather(1, ids), sel.gather(1, want_ids), rtol=0, atol=1e-6)
+            want_w = s.gather(1, ids)
+            if renormalize:
+                want_w = want_w / want_w.sum(1, keepdim=True)
             torch.testing.assert_close(w.double(), want_w, rtol=1e-5, atol=1e-7)
 
 
@@ -268,6 +270,16 @@ def test_align_layout(seed, num_tokens, num_experts, top_k, block_m):
         al_t = ok.moe_align(ids.to(TRITON_DEV), num_experts, block_m, backend="triton")
         for a, b in zip(al, al_t):
             assert torch.equal(a, b.cpu())
+        if ids.numel():  # an out-of-range id: left out of the layout and counted (the CUDA assert's input)
+            from onerec_kernels.moe.reference import moe_align_reference
+            from onerec_kernels.moe.triton_kernels import moe_align_triton
+
+            bad_ids = ids.clone()
+            bad_ids[0, 0] = -1 if num_tokens % 2 else num_experts
+            *layout, num_bad = moe_align_triton(bad_ids.to(TRITON_DEV), num_experts, block_m)
+            assert num_bad.item() == 1
+            for a, b in zip(moe_align_reference(bad_ids, num_experts, block_m), layout):
+                assert torch.equal(a, b.cpu())
     n = ids.numel()
     counts = torch.bincount(ids.reshape(-1), minlength=num_experts)
     assert torch.equal(al.tokens_per_expert, counts)

@@ -34,7 +34,7 @@ def test_forward_is_route_plus_experts(seed, activation, score_func, shared):
     y = m(x)
     assert y.shape == x.shape
     xf = x.reshape(-1, 12)
-    w, ids = ok.moe_route_reference(xf @ m.router.weight.T, 2, score_func, m.expert_bias)
+    w, ids = ok.moe_route_reference(F.linear(xf, m.router.weight), 2, score_func, m.expert_bias)
     want = ok.fused_moe_reference(xf, m.w1, m.w2, w, ids, activation)
     if shared:
         z = m.shared["up"](xf)
@@ -44,23 +44,28 @@ def test_forward_is_route_plus_experts(seed, activation, score_func, shared):
 
 
 def test_balancing_evens_out_a_skewed_router(seed):
-    """Experts 0 and 1 favoured for every token: the bias update brings max/mean load from ~3
-    to ~1.5 within about a dozen steps (fresh batches, gamma = 0.02)."""
+    """Experts 0 and 1 favoured for every token (max/mean load ~4 at the start): the bias
+    update holds them back, and the load summed over the second half of 30 steps (fresh
+    batches, gamma = 0.02) is within 0.65x of the start's imbalance. The sum, not each step:
+    a sign update keeps oscillating by about gamma around the balance point. Over 200 seeds:
+    start >= 3.69, ratio <= 0.54 (median 0.35), experts 0 and 1 always get the lowest bias."""
     m = MoE(16, 8, 8, 2, bias_update_rate=0.02)
     with torch.no_grad():
+        m.router.weight.mul_(0.3)
         m.router.weight[0] += 0.25
         m.router.weight[1] += 0.2
-    ratios = []
-    for _ in range(30):
+    late_load = torch.zeros(8)
+    for step in range(30):
         m(torch.randn(1024, 16) + 0.5)
-        ratios.append(m.load_stats()["max_over_mean"])
+        if step == 0:
+            start = m.load_stats()["max_over_mean"]
+        if step >= 15:
+            late_load += m.last_load
         m.update_balancing_bias()
-    assert ratios[0] > 2.5
-    # The sign update keeps oscillating by about gamma around the balance point, so the check
-    # is on the average of the second half: measured <= 0.59 x the start over 60 seeds.
-    late = sum(ratios[15:]) / len(ratios[15:])
-    assert late < 0.67 * ratios[0] and late < 2.1, ratios
-    assert m.expert_bias[0] < m.expert_bias[2:].min()  # the favoured expert is held back
+    late = (late_load.max() / late_load.mean()).item()
+    assert start > 3.0
+    assert late < 0.65 * start, (start, late)
+    assert m.expert_bias[:2].max() < m.expert_bias[2:].min()  # the favoured experts held back
     assert (m.pending_load == 0).all()
 
 
