@@ -112,15 +112,19 @@ def test_fused_moe_gpu(benchmark, num_tokens, h, top_k, mode):
     if not quick() or num_tokens <= 4096:
         anchors["expert_loop"] = wrap(anchor_expert_loop, (x, w1, w2, tw, ids))
     for name, fn in anchors.items():
-        fn()
+        try:
+            fn()
+        except RuntimeError as err:  # an anchor this torch build cannot run must not hide ours
+            extra[f"anchor_{name}_error"] = str(err).splitlines()[0][:200]
+            continue
         a_ms = gpu_time_ms(fn, rep_ms=20 if quick() else 50)
         extra[f"anchor_{name}_ms"] = a_ms
         extra[f"anchor_{name}_tflops"] = tflops(flops, a_ms)
         extra[f"speedup_vs_{name}"] = a_ms / ms
     with torch.no_grad():
         got = ok.fused_moe(x, w1, w2, tw, ids, activation="gelu", backend="triton")
-        want = anchor_grouped_mm(x, w1, w2, tw, ids)
-    extra["max_abs_diff_vs_grouped_mm"] = (got.float() - want.float()).abs().max().item()
+        want = ok.fused_moe(x, w1, w2, tw, ids, activation="gelu", backend="torch")
+    extra["max_abs_diff_vs_reference"] = (got.float() - want.float()).abs().max().item()
     record(benchmark, **extra)
     run_timed(benchmark, lambda: (ours(), torch.cuda.synchronize()), ms)
 

@@ -325,7 +325,7 @@ def _moe_gemm_kernel(
     EPILOGUE: tl.constexpr, ACT: tl.constexpr, STORE_Z: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    NUM_BLOCKS_M,
+    NUM_BLOCKS_M, EVEN_K: tl.constexpr,
 ):
     """One (BLOCK_M slots of one expert) x (BLOCK_N output columns) tile. N is the number of
     output columns (h for ACT and ACT_BWD, else the B width); H_OFF the column offset of the
@@ -360,9 +360,14 @@ def _moe_gemm_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        k_mask = offs_k < K - k0
-        a = tl.load(a_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0).to(op_dtype)
-        b_mask = k_mask[:, None] & n_mask[None, :]
+        if EVEN_K:  # K a multiple of BLOCK_K (d, h = 1024, 4096): no per-k predicates
+            a_mask = m_mask[:, None]
+            b_mask = n_mask[None, :]
+        else:
+            k_mask = offs_k < K - k0
+            a_mask = m_mask[:, None] & k_mask[None, :]
+            b_mask = k_mask[:, None] & n_mask[None, :]
+        a = tl.load(a_ptrs, mask=a_mask, other=0.0).to(op_dtype)
         b = tl.load(b_ptrs, mask=b_mask, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
         if EPILOGUE == 0 and ACT == 0:  # SwiGLU forward: the up half over the same A tile
@@ -474,7 +479,7 @@ def _gemm(a, b, out, *, sorted_ids, block_expert, num_slots, n_cols, k_dim, a_di
         a.stride(0), b.stride(0), b_strides[0], b_strides[1], out.stride(0), stride_xm,
         EPILOGUE=epilogue, ACT=act, STORE_Z=store_z,
         INPUT_PRECISION=dot_input_precision(a.dtype), BLOCK_M=block_m,
-        NUM_BLOCKS_M=num_blocks_m, **meta)
+        NUM_BLOCKS_M=num_blocks_m, EVEN_K=k_dim % meta["BLOCK_K"] == 0, **meta)
 
 
 def _wgrad(a, b, out, *, scale, a_div, b_div, sorted_ids, starts, counts, tiles):
@@ -610,7 +615,7 @@ def _aot_configs() -> list[dict]:
                         {"EPILOGUE": epi, "ACT": act, "STORE_Z": store_z,
                          "INPUT_PRECISION": precision, "BLOCK_M": tiles["BLOCK_M"],
                          "BLOCK_N": meta["BLOCK_N"], "BLOCK_K": meta["BLOCK_K"],
-                         "GROUP_M": meta["GROUP_M"]},
+                         "GROUP_M": meta["GROUP_M"], "EVEN_K": True},
                         (unit,), div16, meta["num_warps"], meta["num_stages"]))
                 bm, bn, bk, warps, stages = tiles["wgrad"]
                 for has_scale in (False, True):
