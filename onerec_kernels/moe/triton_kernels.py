@@ -517,7 +517,8 @@ def fused_moe_fwd_triton(x, w1, w2, topk_weights, sorted_ids, block_expert, acti
           n_cols=d, k_dim=h, a_div=1, b_strides=(w2.stride(1), w2.stride(2)),
           epilogue=EPI_SCALE, weight=topk_weights, tiles=tiles, kernel_key="gemm_down")
     y = out.view(num_tokens, top_k, d)
-    y = y[:, 0] if top_k == 1 else y.sum(dim=1, dtype=torch.float32).to(x.dtype)
+    # torch reduces low-precision sums in fp32 internally: one pass, one rounding
+    y = y[:, 0] if top_k == 1 else y.sum(dim=1)
     return y, act, z
 
 
@@ -547,7 +548,7 @@ def fused_moe_bwd_triton(gy, x, w1, w2, topk_weights, act, z, sorted_ids, block_
           n_cols=d, k_dim=c_h, a_div=1, b_strides=(w1.stride(2), w1.stride(1)),
           epilogue=EPI_PLAIN, tiles=tiles, kernel_key="gemm_down")
     gx = gx_slots.view(num_tokens, top_k, d)
-    gx = gx[:, 0] if top_k == 1 else gx.sum(dim=1, dtype=torch.float32).to(x.dtype)
+    gx = gx[:, 0] if top_k == 1 else gx.sum(dim=1)
     gw1 = torch.empty_like(w1)
     _wgrad(x, dz, gw1, scale=None, a_div=top_k, b_div=1, sorted_ids=sorted_ids, starts=starts,
            counts=counts, tiles=tiles)
