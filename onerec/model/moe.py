@@ -85,7 +85,8 @@ class MoE(nn.Module):
         factory = {"device": device, "dtype": dtype}
         c = 2 if activation == "swiglu" else 1
         self.router = nn.Linear(d_model, num_experts, bias=False, **factory)
-        self.w1 = nn.Parameter(torch.empty(self.num_local_experts, d_model, c * d_hidden, **factory))
+        self.w1 = nn.Parameter(torch.empty(self.num_local_experts, d_model, c * d_hidden,
+                                           **factory))
         self.w2 = nn.Parameter(torch.empty(self.num_local_experts, d_hidden, d_model, **factory))
         self.shared = None
         if num_shared_experts > 0:
@@ -118,8 +119,9 @@ class MoE(nn.Module):
         weights_TK, ids_TK = self.route(x_TD)
         if self.training:
             with torch.no_grad():
+                flat = ids_TK.reshape(-1)
                 load = torch.zeros_like(self.pending_load).index_add_(
-                    0, ids_TK.reshape(-1), torch.ones_like(ids_TK, dtype=self.pending_load.dtype).reshape(-1))
+                    0, flat, torch.ones_like(flat, dtype=self.pending_load.dtype))
                 self.pending_load += load
                 self.last_load.copy_(load)
         if self.expert_group is None:
@@ -192,7 +194,8 @@ class _AllToAll(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _AllToAll.apply(grad.contiguous(), ctx.in_splits, ctx.out_splits, ctx.group), None, None, None
+        back = _AllToAll.apply(grad.contiguous(), ctx.in_splits, ctx.out_splits, ctx.group)
+        return back, None, None, None
 
 
 def expert_parallel_moe(x_TD: torch.Tensor, w1_local: torch.Tensor, w2_local: torch.Tensor,

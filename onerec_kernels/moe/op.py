@@ -123,7 +123,8 @@ def moe_route(router_logits: torch.Tensor, top_k: int, *, score_func: str = "sof
         check_dim(op, "bias", bias, 0, num_experts, "E, router_logits.shape[1]")
     backend = _backend.resolve(op, backend, router_logits.device, SUPPORTED, DEFAULT_ORDER)
     if backend == "triton" and router_logits.dtype == torch.float64:
-        raise TypeError(f"{op}: the triton backend takes float32/16/bf16 router_logits, got float64")
+        raise TypeError(f"{op}: the triton backend takes float32/16/bf16 router_logits, "
+                        "got float64")
     if backend == "torch" or num_tokens == 0:
         w, ids = moe_route_reference(router_logits, top_k, score_func, bias, renormalize)
         return (w if router_logits.dtype == torch.float64 else w.float()), ids
@@ -299,7 +300,8 @@ def _validate_moe(x, w1, w2, topk_weights, topk_ids, activation) -> None:
                          f"{tuple(topk_weights.shape)}, got {tuple(topk_ids.shape)}")
     top_k = topk_ids.shape[1]
     if not 1 <= top_k <= num_experts:
-        raise ValueError(f"{op}: k = topk_ids.shape[1] must be in [1, {num_experts}] (E), got {top_k}")
+        raise ValueError(f"{op}: k = topk_ids.shape[1] must be in [1, {num_experts}] (E), "
+                         f"got {top_k}")
     if topk_ids.numel() >= 2 ** 31 - num_experts * 256:
         raise ValueError(f"{op}: T * k ({topk_ids.numel()}) must stay below 2^31 (int32 slot ids)")
 

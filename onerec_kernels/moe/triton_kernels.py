@@ -25,7 +25,6 @@ twice that. Tile configs are data (`TILE_TABLE` below); see `pick_tiles` and the
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -590,7 +589,8 @@ def _aot_entry(name, fn, pointers, scalars, dtype, constexprs, unit, div16, warp
     sig.update({a: "i32" for a in scalars if a not in unit})
     return {"name": name, "fn": fn, "signature": sig,
             "constexprs": {**constexprs, **{a: 1 for a in unit}},
-            "divisible_by_16": list(pointers) + [a for a in div16 if a in scalars and a not in unit],
+            "divisible_by_16": list(pointers) + [a for a in div16
+                                                  if a in scalars and a not in unit],
             "num_warps": warps, "num_stages": stages}
 
 
@@ -629,7 +629,8 @@ def _aot_configs() -> list[dict]:
         for num_experts, top_k in ((8, 2), (24, 2), (24, 4), (256, 8)):
             for softmax in (True, False):
                 out.append(_aot_entry(
-                    f"moe_route_{dtype}_E{num_experts}_k{top_k}_{'softmax' if softmax else 'sigmoid'}",
+                    f"moe_route_{dtype}_E{num_experts}_k{top_k}_"
+                    f"{'softmax' if softmax else 'sigmoid'}",
                     _moe_route_kernel, ("logits_ptr", "bias_ptr", "w_ptr", "ids_ptr"),
                     ("T", "E", "stride_t", "top_k"), dtype,
                     {"SOFTMAX": softmax, "HAS_BIAS": True, "RENORM": True,
