@@ -110,7 +110,9 @@ def test_compile_fullgraph_forward_backward(seed):
 
 # ---------------------------------------------------------------------------- expert parallel
 WORLD = 2
-ACTIVATIONS = ("swiglu", "gelu")
+# (name, activation, rank 1's experts shut out by the bias: that rank receives no rows and must
+# still join every exchange of the forward and the backward)
+SCENARIOS = (("swiglu", "swiglu", False), ("gelu", "gelu", False), ("idle", "swiglu", True))
 SPLIT = (13, 20)  # uneven token counts per rank
 CFG = dict(d_model=16, d_hidden=8, num_experts=6, top_k=2, num_shared_experts=1)
 
@@ -119,9 +121,9 @@ def _ep_worker(rank, init_file, tmp):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
     torch.set_num_threads(1)
-    for activation in ACTIVATIONS:
-        _ep_rank_step(rank, activation, torch.load(os.path.join(tmp, f"{activation}.pt")),
-                      os.path.join(tmp, f"{activation}_rank{rank}.pt"))
+    for name, activation, _ in SCENARIOS:
+        _ep_rank_step(rank, activation, torch.load(os.path.join(tmp, f"{name}.pt")),
+                      os.path.join(tmp, f"{name}_rank{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -150,26 +152,29 @@ def _ep_rank_step(rank, activation, p, out_file):
 def test_expert_parallel_gloo_matches_single_process(seed):
     """2 CPU processes on gloo, 3 experts each, uneven token splits: outputs and gradients
     (expert shards, x, and the data-parallel-summed replicated parameters) equal one process
-    running the whole batch with all experts; the balancing bias agrees too. Both activations
-    in one spawn (process start-up dominates the test's time)."""
+    running the whole batch with all experts; the balancing bias agrees too; a rank whose
+    experts get no tokens takes part without hanging. All scenarios in one spawn (process
+    start-up dominates the test's time)."""
     import torch.multiprocessing as mp
 
     refs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for activation in ACTIVATIONS:
+        for name, activation, idle in SCENARIOS:
             ref = MoE(**CFG, activation=activation, backend="torch")
             with torch.no_grad():
                 ref.expert_bias.copy_(0.05 * torch.randn(CFG["num_experts"]))
+                if idle:
+                    ref.expert_bias[CFG["num_experts"] // WORLD:] = -10.0
             x = torch.randn(sum(SPLIT), CFG["d_model"], requires_grad=True)
             g = torch.randn(sum(SPLIT), CFG["d_model"])
             torch.save({"state": ref.state_dict(), "x": x.detach(), "g": g},
-                       os.path.join(tmp, f"{activation}.pt"))
-            refs[activation] = (ref, x, g)
+                       os.path.join(tmp, f"{name}.pt"))
+            refs[name] = (ref, x, g)
         mp.spawn(_ep_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=WORLD, join=True)
         outs = {a: [torch.load(os.path.join(tmp, f"{a}_rank{r}.pt")) for r in range(WORLD)]
-                for a in ACTIVATIONS}
-    for activation, (ref, x, g) in refs.items():
-        o = outs[activation]
+                for a in refs}
+    for name, (ref, x, g) in refs.items():
+        o = outs[name]
         y = ref(x)
         (y * g).sum().backward()
         ref.update_balancing_bias()
