@@ -1,9 +1,10 @@
 """`moe_route`, `moe_align`, `fused_moe`: public functions, custom ops, fake kernels, autograd.
 
 Layering (as rq/): one private custom op per raw step (`onerec::moe_route_triton`,
-`onerec::moe_align`, `onerec::fused_moe_triton` and its backward `onerec::fused_moe_triton_bwd`),
-each with a fake kernel so torch.compile traces through it (the alignment's sizes are static
-upper bounds, so nothing is data dependent); the forward ops carry their autograd formulas.
+`onerec::moe_align` / `onerec::moe_align_triton`, `onerec::fused_moe_triton` (alignment + the
+forward GEMMs) and its backward `onerec::fused_moe_triton_bwd`), each with a fake kernel so
+torch.compile traces through it (the alignment's sizes are static upper bounds, so nothing is
+data dependent); the forward ops carry their autograd formulas.
 
 Input checks that need the values of a device tensor (expert ids in range) never sync the
 GPU: on CPU tensors they run eagerly (free); on CUDA tensors they are a device-side assert
@@ -155,15 +156,7 @@ def _moe_align_op(topk_ids: torch.Tensor, num_experts: int, block_m: int
 @torch.library.custom_op("onerec::moe_align_triton", mutates_args=())
 def _moe_align_triton_op(topk_ids: torch.Tensor, num_experts: int, block_m: int
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from .triton_kernels import moe_align_triton
-
-    eager = topk_ids.device.type == "cpu" or os.environ.get("ONEREC_MOE_CHECKS", "0") == "1"
-    if eager:
-        _check_ids("moe_align", topk_ids, num_experts)
-    *layout, num_bad = moe_align_triton(topk_ids.contiguous(), num_experts, block_m)
-    if not eager:  # the count kernel tallied the out-of-range ids: one compare + assert
-        torch._assert_async(num_bad[0] == 0, f"moe_align: topk_ids outside [0, {num_experts})")
-    return tuple(layout)
+    return _align_triton(topk_ids, num_experts, block_m)
 
 
 _moe_align_op.register_fake(_align_fake)
@@ -199,34 +192,45 @@ def _tiles(num_slots: int, num_experts: int, device: torch.device) -> dict:
     return pick_tiles(num_slots, num_experts, device)
 
 
-@torch.compiler.assume_constant_result
-def _block_m(num_slots: int, num_experts: int, device_type: str, device_index: int) -> int:
-    """The alignment block of this call's tile config. A constant for torch.compile: the
-    lookup reads the GPU's name (not traceable) and depends on static shapes only."""
-    index = None if device_index < 0 else device_index
-    return _tiles(num_slots, num_experts, torch.device(device_type, index))["BLOCK_M"]
+def _align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int):
+    from .triton_kernels import moe_align_triton
+
+    eager = topk_ids.device.type == "cpu" or os.environ.get("ONEREC_MOE_CHECKS", "0") == "1"
+    if eager:
+        _check_ids("moe_align", topk_ids, num_experts)
+    *layout, num_bad = moe_align_triton(topk_ids.contiguous(), num_experts, block_m)
+    if not eager:  # the count kernel tallied the out-of-range ids: one compare + assert
+        torch._assert_async(num_bad[0] == 0, f"moe_align: topk_ids outside [0, {num_experts})")
+    return tuple(layout)
 
 
+# The forward op aligns the slots itself: the block size comes from the tile table, which reads
+# the GPU's name, so it must be picked inside an op (its fake kernel too runs as plain Python
+# under torch.compile) rather than in the traced public function. The layout is returned for
+# the backward (integer outputs: no gradient).
 @torch.library.custom_op("onerec::fused_moe_triton", mutates_args=())
 def _fused_moe_triton_op(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
-                         topk_weights: torch.Tensor, sorted_ids: torch.Tensor,
-                         block_expert: torch.Tensor, expert_starts: torch.Tensor,
-                         tokens_per_expert: torch.Tensor, activation: str, top_k: int,
-                         store_z: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         topk_weights: torch.Tensor, topk_ids: torch.Tensor, activation: str,
+                         store_z: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                 torch.Tensor, torch.Tensor, torch.Tensor,
+                                                 torch.Tensor]:
     from .triton_kernels import fused_moe_fwd_triton
 
-    tiles = _tiles(topk_weights.numel(), w1.shape[0], x.device)
-    return fused_moe_fwd_triton(x, w1, w2, topk_weights, sorted_ids, block_expert, activation,
-                                top_k, store_z, tiles)
+    tiles = _tiles(topk_ids.numel(), w1.shape[0], x.device)
+    layout = _align_triton(topk_ids, w1.shape[0], tiles["BLOCK_M"])
+    y, act, z = fused_moe_fwd_triton(x, w1, w2, topk_weights, layout[0], layout[1], activation,
+                                     topk_ids.shape[1], store_z, tiles)
+    return (y, act, z, *layout)
 
 
 @_fused_moe_triton_op.register_fake
-def _(x, w1, w2, topk_weights, sorted_ids, block_expert, expert_starts, tokens_per_expert,
-      activation, top_k, store_z):
-    n = topk_weights.numel()
+def _(x, w1, w2, topk_weights, topk_ids, activation, store_z):
+    n = topk_ids.numel()
     h = w2.shape[1]
+    block_m = _tiles(n, w1.shape[0], x.device)["BLOCK_M"]
     return (x.new_empty(x.shape), x.new_empty((n, h)),
-            x.new_empty((n if store_z else 0, w1.shape[2])))
+            x.new_empty((n if store_z else 0, w1.shape[2])),
+            *_align_fake(topk_ids, w1.shape[0], block_m))
 
 
 @torch.library.custom_op("onerec::fused_moe_triton_bwd", mutates_args=())
@@ -252,14 +256,14 @@ def _(grad_y, x, w1, w2, topk_weights, act, z, sorted_ids, block_expert, expert_
 
 
 def _moe_setup(ctx, inputs, output):
-    x, w1, w2, topk_weights, sorted_ids, block_expert, starts, counts, activation, top_k, _ = inputs
-    _, act, z = output
+    x, w1, w2, topk_weights, topk_ids, activation, _ = inputs
+    _, act, z, sorted_ids, block_expert, starts, counts = output
     ctx.save_for_backward(x, w1, w2, topk_weights, act, z, sorted_ids, block_expert, starts,
                           counts)
-    ctx.activation, ctx.top_k = activation, top_k
+    ctx.activation, ctx.top_k = activation, topk_ids.shape[1]
 
 
-def _moe_backward(ctx, grad_y, grad_act, grad_z):
+def _moe_backward(ctx, grad_y, *_):
     x, w1, w2, topk_weights, act, z, sorted_ids, block_expert, starts, counts = ctx.saved_tensors
     if z.shape[0] != act.shape[0]:
         raise RuntimeError("fused_moe: backward through a forward that ran without gradients "
@@ -267,7 +271,7 @@ def _moe_backward(ctx, grad_y, grad_act, grad_z):
     gx, gw1, gw2, gw = _fused_moe_triton_bwd_op(
         grad_y.contiguous().to(x.dtype), x, w1, w2, topk_weights, act, z, sorted_ids,
         block_expert, starts, counts, ctx.activation, ctx.top_k)
-    return gx, gw1, gw2, gw, None, None, None, None, None, None, None
+    return gx, gw1, gw2, gw, None, None, None
 
 
 _fused_moe_triton_op.register_autograd(_moe_backward, setup_context=_moe_setup)
@@ -335,15 +339,8 @@ def fused_moe(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights:
         return fused_moe_reference(x, w1, w2, topk_weights, topk_ids, activation)
     if x.dtype == torch.float64:
         raise TypeError("fused_moe: the triton backend takes float32/16/bf16 x, got float64")
-    top_k = topk_ids.shape[1]
-    dev = x.device
-    block_m = _block_m(topk_ids.numel(), num_experts, dev.type,
-                       -1 if dev.index is None else dev.index)
-    align = moe_align(topk_ids, num_experts, block_m, backend="triton")
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, w1, w2, topk_weights))
-    y, _, _ = _fused_moe_triton_op(x.contiguous(), w1.contiguous(), w2.contiguous(),
-                                   topk_weights.float().contiguous(), align.sorted_slot_ids,
-                                   align.block_expert_ids, align.expert_starts,
-                                   align.tokens_per_expert, activation, top_k, needs_grad)
-    return y
+    return _fused_moe_triton_op(x.contiguous(), w1.contiguous(), w2.contiguous(),
+                                topk_weights.float().contiguous(), topk_ids, activation,
+                                needs_grad)[0]

@@ -2,6 +2,7 @@
 fp64 per-token loop. The Triton kernels run in the CPU interpreter (slow: a representative
 subset of the shape grid there; the full grid runs on the reference)."""
 import itertools
+import os
 import math
 
 import pytest
@@ -370,20 +371,18 @@ def test_bad_inputs_name_the_argument(monkeypatch):
 # ----------------------------------------------------------------------------------- opcheck
 @needs_triton
 def test_opcheck():
-    x, w1, w2, tw, ids = make_inputs(9, 12, 8, 3, 2, "swiglu", TRITON_DEV)
+    ids = torch.rand(9, 3, device=TRITON_DEV).argsort(dim=1)[:, :2]
     torch.library.opcheck(torch.ops.onerec.moe_align.default, (ids.cpu(), 3, 16))
     torch.library.opcheck(torch.ops.onerec.moe_align_triton.default, (ids, 3, 16))
     torch.library.opcheck(torch.ops.onerec.moe_route_triton.default,
                           (torch.randn(9, 5, device=TRITON_DEV), 2, "softmax", None, True))
-    from onerec_kernels.moe.triton_kernels import pick_tiles
-
-    block_m = pick_tiles(ids.numel(), 3, TRITON_DEV)["BLOCK_M"]
-    al = ok.moe_align(ids, 3, block_m)
-    args = (x, w1, w2, tw, *al, "swiglu", 2, True)
-    torch.library.opcheck(torch.ops.onerec.fused_moe_triton.default, args)
-    y, act, z = torch.ops.onerec.fused_moe_triton(*args)
-    torch.library.opcheck(torch.ops.onerec.fused_moe_triton_bwd.default,
-                          (torch.randn_like(y), x, w1, w2, tw, act, z, *al, "swiglu", 2))
+    for activation in ("swiglu", "gelu"):
+        x, w1, w2, tw, ids = make_inputs(9, 12, 8, 3, 2, activation, TRITON_DEV)
+        args = (x, w1, w2, tw, ids, activation, True)
+        torch.library.opcheck(torch.ops.onerec.fused_moe_triton.default, args)
+        y, act, z, *layout = torch.ops.onerec.fused_moe_triton(*args)
+        torch.library.opcheck(torch.ops.onerec.fused_moe_triton_bwd.default,
+                              (torch.randn_like(y), x, w1, w2, tw, act, z, *layout, activation, 2))
 
 
 # ------------------------------------------------------------------------------- GPU (bf16)
@@ -417,3 +416,16 @@ def test_gpu_decode_regime_small_blocks(seed):
     got = ok.fused_moe(x, w1, w2, tw, ids, backend="triton")
     want = per_token_moe(x, w1, w2, tw, ids, "swiglu")
     assert _err(got, want) <= 2e-2 * (want.abs().max().item() + 1)
+
+
+def test_import_pulls_in_neither_triton_nor_dynamo():
+    """The moe ops register at import without importing triton or torch._dynamo (+1 s each)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, onerec_kernels; "
+            "print('triton' in sys.modules, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                         env={**os.environ, "TRITON_INTERPRET": "0"}, check=True)
+    assert out.stdout.split() == ["False", "False"]
