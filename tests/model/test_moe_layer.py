@@ -105,9 +105,10 @@ def test_compile_fullgraph_forward_backward(seed):
                              backend="inductor" if TRITON_DEV.type == "cuda" else "aot_eager")
     y = compiled(x)
     y.square().sum().backward()
-    torch.testing.assert_close(y, y_eager)
+    tol = {"rtol": 1e-4, "atol": 1e-5}  # Inductor may fuse the shared expert's elementwise ops
+    torch.testing.assert_close(y, y_eager, **tol)
     for got, want in zip([p.grad for p in m.parameters()] + [x.grad], grads):
-        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got, want, **tol)
 
 
 # ---------------------------------------------------------------------------- expert parallel
