@@ -8,6 +8,7 @@ activations is ever written, and write their results by slot id. Kernels:
 
 - `_moe_route_kernel`: score (softmax | sigmoid), + bias for selection, k rounds of argmax
   (lowest id on ties), weights from the unbiased scores, renormalize. One pass over the logits.
+- `_moe_align_{count,scan,scatter}_kernel`: the sorted, block-padded layout (see below).
 - `_moe_gemm_kernel` (EPILOGUE selects the tail):
     ACT:   z = x[t] @ w1[e]; a = act(z) stored per slot (and z for the backward). SwiGLU keeps two
            accumulators (gate, up columns n and h + n) over one A load, so the activation is
