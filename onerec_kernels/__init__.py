@@ -10,6 +10,8 @@ from .beam import (BeamSearchResult, SemanticIdTrie, constrained_beam_search,
                    trie_beam_search_step, trie_beam_step_reference)
 from .kmeans import kmeans_step, kmeans_step_reference
 from .attention import varlen_cross_attention, varlen_cross_attention_reference
+from .moe import (MoeAlignment, fused_moe, fused_moe_reference, moe_align, moe_route,
+                  moe_route_reference)
 
 __version__ = "0.1.0"
 
@@ -41,4 +43,6 @@ __all__ = [
     "SemanticIdTrie", "BeamSearchResult", "trie_beam_search_step", "trie_beam_step_reference",
     "constrained_beam_search",
     "varlen_cross_attention", "varlen_cross_attention_reference",
+    "moe_route", "moe_route_reference", "moe_align", "MoeAlignment", "fused_moe",
+    "fused_moe_reference",
 ]

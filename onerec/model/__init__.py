@@ -1,1 +1,2 @@
-"""Model layer of onerec: modules built on the onerec_kernels ops."""
+"""The OneRec model layers, built on the onerec_kernels ops (modules under onerec.model.*;
+import them from their modules)."""
