@@ -167,7 +167,7 @@ DTYPE_OF_FAMILY = {"fp16": "bf16", "tf32": "fp32-tf32", "fp32": "fp32"}
 
 
 def family_of(fn) -> str:
-    """"rq" for onerec_kernels.rq.triton_kernels: the kernel's op family."""
+    """The kernel's op family: "rq" for a kernel of onerec_kernels.rq.triton_kernels."""
     parts = fn.__module__.split(".")
     return parts[1] if len(parts) > 2 and parts[0] == "onerec_kernels" else parts[-1]
 
