@@ -59,6 +59,9 @@ LOG2E = 1.4426950408889634
 # config is allowed where it spills at most 64 bytes per thread and its shared memory fits
 # sm_90's 227 KB (0: never for that width). The first allowed config of
 # the list is the ONEREC_TRITON_AUTOTUNE=0 choice, so the lists open with the best all-rounders.
+# The fp32 limits were measured with TF32 dots (allow_tf32); with exact fp32 dots (torch's
+# default) the forward spills heavily in every config (see _AOT_QUICK below;
+# `python scripts/triton_aot.py --family attention --dtype fp32` prints the table).
 FWD_TILES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, max Dh 16-bit, max Dh fp32)
     (128, 64, 8, 3, 128, 64),  # fp32 at Dh 128: 256 KB of shared memory
     (128, 128, 8, 2, 128, 64),
