@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import triton
@@ -267,3 +267,95 @@ def aot_spec(family: str, config: triton.Config, tma: bool, args: dict[str, str]
         sig = {name: ("constexpr" if t == "desc" else sig[name]) for name, t in args.items()}
         const.update({name: None for name, t in args.items() if t == "desc"})
     return {**sig, **{name: "constexpr" for name in const}}, const
+
+
+# Second registration style: a family whose kernels are not tiled by TILES (attention, MoE)
+# registers a generator of fully specified compile entries instead.
+@dataclass(frozen=True)
+class AotEntry:
+    """One compile of scripts/triton_aot.py: ASTSource(fn, signature, constexprs, attrs) with
+    `divisible_by_16` arguments marked tt.divisibility=16, compiled with num_warps/num_stages.
+    `kernel`, `config` and `dtype` label the table row; `quick` says whether the entry may be
+    in the --quick subset (the first quick entry per (kernel, dtype) is)."""
+    family: str
+    kernel: str
+    config: str
+    dtype: str
+    fn: object  # the JIT function
+    signature: dict
+    constexprs: dict
+    divisible_by_16: tuple
+    num_warps: int
+    num_stages: int
+    quick: bool = True
+
+
+@dataclass(frozen=True)
+class AotSpecFamily:
+    name: str
+    generator: Callable[[], Iterable[dict]]
+
+    def entries(self) -> list[AotEntry]:
+        return [aot_entry(self.name, spec) for spec in self.generator()]
+
+
+AOT_SPEC_FAMILIES: list[AotSpecFamily] = []
+
+
+def register_aot_specs(family: str, generator) -> None:
+    """Register `generator()` (called only by scripts/triton_aot.py, so importing a kernel
+    module stays cheap) as the compile list of `family`. It yields dicts with:
+
+    - name: the kernel's row label; fn: its JIT function (an autotune/heuristics wrapper is
+      unwrapped);
+    - signature: {argument: Triton type} of the runtime arguments (constexpr arguments may be
+      left out or typed "constexpr"); constexprs: {argument: value}, meta-parameters included;
+    - num_warps, num_stages, or config: a triton.Config giving them (and its kwargs, merged into
+      the constexprs);
+    - divisible_by_16: arguments the runtime would mark 16-divisible (aligned pointers, sizes
+      and strides that are multiples of 16); unit (optional): integer arguments equal to 1 at
+      run time (unit strides), compiled as the constant 1 as the runtime specializes them;
+    - optional labels: dtype (default: the first pointer argument's element type), config_name
+      (default: from the constexprs and warps/stages), quick (default True; False keeps the
+      entry out of the --quick subset).
+
+    Registering a family name again replaces its generator (a reloaded module)."""
+    AOT_SPEC_FAMILIES[:] = [f for f in AOT_SPEC_FAMILIES if f.name != family]
+    AOT_SPEC_FAMILIES.append(AotSpecFamily(family, generator))
+
+
+def jit_function(fn):
+    """The JIT function under autotune / heuristics wrappers."""
+    while not hasattr(fn, "arg_names") or not hasattr(fn, "src"):  # autotune / heuristics
+        fn = fn.fn
+    return fn
+
+
+def aot_entry(family: str, spec: dict) -> AotEntry:
+    """Normalize one generator dict (see register_aot_specs) into an AotEntry: a signature over
+    every argument of fn in order, unit arguments moved to the constexprs."""
+    fn = jit_function(spec["fn"])
+    cfg = spec.get("config")
+    constexprs = dict(spec.get("constexprs", {}))
+    if isinstance(cfg, triton.Config):
+        constexprs.update({k: v for k, v in cfg.kwargs.items() if k in fn.arg_names})
+    constexprs.update({arg: 1 for arg in spec.get("unit", ())})
+    unknown = (set(constexprs) | set(spec["signature"])) - set(fn.arg_names)
+    if unknown:
+        raise ValueError(f"{spec['name']}: {sorted(unknown)} are not arguments of {fn.__name__}")
+    signature = {}
+    for arg in fn.arg_names:
+        typ = "constexpr" if arg in constexprs else spec["signature"].get(arg)
+        if typ is None:
+            raise ValueError(f"{spec['name']}: argument {arg!r} has no type and no value")
+        signature[arg] = typ
+    num_warps = spec.get("num_warps", cfg.num_warps if isinstance(cfg, triton.Config) else 4)
+    num_stages = spec.get("num_stages", cfg.num_stages if isinstance(cfg, triton.Config) else 3)
+    dtype = spec.get("dtype") or next(
+        (t[1:] for t in signature.values() if t.startswith("*")), "-")
+    config = spec.get("config_name") or " ".join(
+        [f"{k}={v}" for k, v in constexprs.items() if k.startswith("BLOCK")]
+        + [f"w{num_warps}", f"s{num_stages}"])
+    div16 = tuple(a for a in spec.get("divisible_by_16", ()) if signature[a] != "constexpr")
+    return AotEntry(family, spec["name"], config, dtype, fn, signature, constexprs, div16,
+                    num_warps, num_stages, spec.get("quick", True))

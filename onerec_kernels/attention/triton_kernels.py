@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpret
+from .._triton_tiles import register_aot_specs
 from ..rq.triton_kernels import dot_input_precision
 
 LOG2E = 1.4426950408889634
@@ -58,6 +59,9 @@ LOG2E = 1.4426950408889634
 # config is allowed where it spills at most 64 bytes per thread and its shared memory fits
 # sm_90's 227 KB (0: never for that width). The first allowed config of
 # the list is the ONEREC_TRITON_AUTOTUNE=0 choice, so the lists open with the best all-rounders.
+# The fp32 limits were measured with TF32 dots (allow_tf32); with exact fp32 dots (torch's
+# default) the forward spills heavily in every config (see _AOT_QUICK below;
+# `python scripts/triton_aot.py --family attention --dtype fp32` prints the table).
 FWD_TILES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, max Dh 16-bit, max Dh fp32)
     (128, 64, 8, 3, 128, 64),  # fp32 at Dh 128: 256 KB of shared memory
     (128, 128, 8, 2, 128, 64),
@@ -545,7 +549,7 @@ _DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "f
 
 
 def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dims=(32, 64, 128), group: int = 4,
-              all_configs: bool = False):
+              all_configs: bool = False, input_precision: str | None = None):
     """Everything needed to compile each (kernel, config) for a GPU without one, e.g.
     `triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
     options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})`. Yields dicts with
@@ -553,9 +557,10 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dims=(32, 64, 128), grou
     to give the attribute tt.divisibility=16, as the runtime does). The configs are those the
     autotuner may pick at each (Dh, dtype) (allowed_configs over FWD_TILES, BWD_KV_TILES,
     BWD_Q_TILES); all_configs=True compiles every candidate (to re-derive the Dh limits).
-    fp16 compiles like bf16."""
+    fp16 compiles like bf16. input_precision: the tl.dot precision (default "tf32" for fp32,
+    what allow_tf32 gives; "ieee" is torch's default for fp32, see dot_input_precision)."""
     elem = _DTYPE_NAMES[dtype]
-    precision = "tf32" if dtype == torch.float32 else "ieee"
+    precision = input_precision or ("tf32" if dtype == torch.float32 else "ieee")
     combine = [triton.Config({"BLOCK_Q": 32}, num_warps=4)]  # what _combine launches
     kernels = [  # name, kernel, (tiles, configs) or configs, constexprs, fp32 pointers
         ("attn_fwd", _attn_fwd_kernel, (FWD_TILES, FWD_CONFIGS), {"SPLIT": False}, ("lse_ptr",)),
@@ -600,3 +605,34 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dims=(32, 64, 128), grou
                     arg.startswith("stride_") and arg not in odd_strides)]
                 yield {"name": f"{name}_d{head_dim}", "fn": fn, "signature": signature,
                        "constexprs": constexprs, "config": cfg, "divisible_by_16": aligned}
+
+
+# The --quick subset of scripts/triton_aot.py (CI): per dtype label, the kernels whose first
+# Dh 128 config is compiled: every kernel in bf16, and with TF32 the ones nearest the register
+# limit (the combine kernel and the split forward barely differ by dtype). Not "fp32" (exact
+# "ieee" products, torch's default for fp32): its FMA dot holds whole operand slices in
+# registers and every forward config of FWD_TILES spills heavily there (2026-11-30, triton 3.9:
+# 952-1288 B/thread at Dh 32, ~60 KB at Dh 128; 16x16 w8 is the one tile found spill-free at Dh
+# 128), so it stays in the full list, reported, until the fp32 precision or tiles change.
+_AOT_QUICK = {"bf16": ("attn_fwd", "attn_fwd_split", "attn_combine", "attn_bwd_dkdv", "attn_bwd_dq"),
+              "fp32-tf32": ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq")}
+
+
+def _registry_specs():
+    """Compile list of scripts/triton_aot.py: bf16, fp16, fp32 with exact "ieee" dot products
+    (torch's default, allow_tf32 False) and fp32 with TF32 tensor cores ("fp32-tf32"), at Dh
+    128 / 64 / 32, every config the autotuner may pick there. fp16 compiles like bf16 and is
+    left to the full list."""
+    variants = [(torch.bfloat16, "ieee", "bf16"), (torch.float16, "ieee", "fp16"),
+                (torch.float32, "ieee", "fp32"), (torch.float32, "tf32", "fp32-tf32")]
+    for dtype, precision, label in variants:
+        for spec in aot_specs(dtype, head_dims=(128, 64, 32), input_precision=precision):
+            kernel, dim = spec["name"].rsplit("_", 1)
+            cfg = spec["config"]
+            tile = "x".join(str(v) for v in cfg.kwargs.values())
+            yield {**spec, "name": kernel, "dtype": label,
+                   "quick": kernel in _AOT_QUICK.get(label, ()),
+                   "config_name": f"{dim} {tile} w{cfg.num_warps} s{cfg.num_stages}"}
+
+
+register_aot_specs("attention", _registry_specs)
