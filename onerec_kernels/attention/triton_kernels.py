@@ -54,44 +54,58 @@ from ..rq.triton_kernels import dot_input_precision
 LOG2E = 1.4426950408889634
 
 # Tile configs are data. Per kernel: the GPU autotune candidates, each with the largest head
-# size it may run at for 16-bit and for fp32 operands. Those limits come from compiling every
-# (config, Dh, dtype) for sm_90 with ptxas -v (aot_specs below; 2026-11-30, triton 3.9): a
-# config is allowed where it spills at most 64 bytes per thread and its shared memory fits
-# sm_90's 227 KB (0: never for that width). The first allowed config of
-# the list is the ONEREC_TRITON_AUTOTUNE=0 choice, so the lists open with the best all-rounders.
-# The fp32 limits were measured with TF32 dots (allow_tf32); with exact fp32 dots (torch's
-# default) the forward spills heavily in every config (see _AOT_QUICK below;
-# `python scripts/triton_aot.py --family attention --dtype fp32` prints the table).
-FWD_TILES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, max Dh 16-bit, max Dh fp32)
-    (128, 64, 8, 3, 128, 64),  # fp32 at Dh 128: 256 KB of shared memory
-    (128, 128, 8, 2, 128, 64),
-    (64, 64, 4, 3, 128, 128),
-    (64, 128, 4, 3, 128, 32),
-    (128, 32, 4, 3, 128, 64),
+# size it may run at for each operand kind: 16-bit, fp32 with TF32 dots (torch's allow_tf32),
+# and fp32 with exact "ieee" dots (torch's default for fp32). Those limits come from compiling
+# every (config, Dh, kind) for sm_90 with ptxas -v (`python scripts/triton_aot.py --family
+# attention`; 2026-11-30, triton 3.9): a config is allowed where it spills at most 64 bytes per
+# thread and its shared memory fits sm_90's 227 KB (0: never for that kind). The first allowed
+# config of the list is the ONEREC_TRITON_AUTOTUNE=0 choice, so the lists open with the best
+# all-rounders. Exact fp32 dots are FMA loops holding whole operand slices in registers: every
+# tensor-core-sized forward tile spilled heavily there (~1 KB/thread at Dh 32, 60-80 KB at
+# Dh 128), so that kind gets its own small tiles at the end of each list (16x16 w8 spill-free up
+# to Dh 128; 16x32 and 32x16 w8 up to Dh 64; dK/dV 32x32 w8 and dQ 16x64 w4 at every Dh).
+FWD_TILES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, max Dh 16-bit, TF32, exact fp32)
+    (128, 64, 8, 3, 128, 64, 0),  # TF32 at Dh 128: 256 KB of shared memory
+    (128, 128, 8, 2, 128, 64, 0),
+    (64, 64, 4, 3, 128, 128, 0),
+    (64, 128, 4, 3, 128, 32, 0),
+    (128, 32, 4, 3, 128, 64, 0),
+    (16, 32, 8, 2, 0, 0, 64),
+    (32, 16, 8, 2, 0, 0, 64),
+    (16, 16, 8, 2, 0, 0, 128),
 ]
 BWD_KV_TILES = [  # BLOCK_M query rows per step, BLOCK_N keys owned
-    (32, 64, 8, 2, 128, 64),
-    (64, 64, 4, 2, 32, 64),
-    (32, 128, 8, 2, 128, 64),
-    (64, 128, 8, 2, 64, 64),
-    (32, 64, 4, 2, 128, 64),
-    (32, 32, 8, 2, 128, 128),
-    (16, 32, 4, 2, 128, 128),
+    (32, 64, 8, 2, 128, 64, 0),
+    (64, 64, 4, 2, 32, 64, 0),
+    (32, 128, 8, 2, 128, 64, 0),
+    (64, 128, 8, 2, 64, 64, 0),
+    (32, 64, 4, 2, 128, 64, 0),
+    (32, 32, 8, 2, 128, 128, 128),
+    (16, 32, 4, 2, 128, 128, 0),
 ]
 BWD_Q_TILES = [  # BLOCK_M query rows owned, BLOCK_N keys per step
-    (128, 64, 8, 2, 128, 64),
-    (64, 64, 4, 2, 128, 64),
-    (32, 64, 8, 2, 128, 0),  # fp32: spills 104 B at Dh 32
-    (64, 128, 8, 2, 64, 32),
-    (32, 64, 4, 2, 128, 64),
-    (16, 64, 4, 2, 128, 128),
-    (64, 32, 8, 2, 128, 64),
+    (128, 64, 8, 2, 128, 64, 0),
+    (64, 64, 4, 2, 128, 64, 0),
+    (32, 64, 8, 2, 128, 0, 0),  # TF32: spills 104 B at Dh 32
+    (64, 128, 8, 2, 64, 32, 0),
+    (32, 64, 4, 2, 128, 64, 0),
+    (16, 64, 4, 2, 128, 128, 128),
+    (64, 32, 8, 2, 128, 64, 0),
 ]
+_KIND_COLUMN = {"16bit": 4, "tf32": 5, "ieee": 6}
+
+
+def operand_kind(dtype: torch.dtype, input_precision: str) -> str:
+    """Which max-Dh column of the tile tables applies: 16-bit operands, fp32 with TF32 dots, or
+    fp32 with exact ("ieee") dots."""
+    if dtype != torch.float32:
+        return "16bit"
+    return "tf32" if input_precision == "tf32" else "ieee"
 
 
 def _make(tiles):
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s, _, _ in tiles]
+    return [triton.Config({"BLOCK_M": t[0], "BLOCK_N": t[1]}, num_warps=t[2], num_stages=t[3])
+            for t in tiles]
 
 
 FWD_CONFIGS = _make(FWD_TILES)
@@ -100,10 +114,11 @@ BWD_Q_CONFIGS = _make(BWD_Q_TILES)
 _INTERPRET_CONFIG = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 64})]
 
 
-def allowed_configs(tiles, configs, head_dim: int, fp32: bool, mode: str = "1"):
-    """The configs of `tiles` allowed at (head_dim, operand width); mode "0" keeps the first,
-    "quick" the first two (ONEREC_TRITON_AUTOTUNE)."""
-    ok = [c for t, c in zip(tiles, configs) if head_dim <= (t[5] if fp32 else t[4])]
+def allowed_configs(tiles, configs, head_dim: int, kind: str, mode: str = "1"):
+    """The configs of `tiles` allowed at (head_dim, operand kind: see operand_kind); mode "0"
+    keeps the first, "quick" the first two (ONEREC_TRITON_AUTOTUNE)."""
+    col = _KIND_COLUMN[kind]
+    ok = [c for t, c in zip(tiles, configs) if head_dim <= t[col]]
     return ok[:1] if mode == "0" else ok[:2] if mode == "quick" else ok
 
 
@@ -111,8 +126,8 @@ def _pruner(tiles, configs):
     def prune(_configs, named_args, **kwargs):
         if triton_interpret():
             return _configs
-        fp32 = named_args["q_ptr"].dtype == torch.float32
-        return allowed_configs(tiles, configs, kwargs["HEAD_DIM"], fp32,
+        kind = operand_kind(named_args["q_ptr"].dtype, kwargs["INPUT_PRECISION"])
+        return allowed_configs(tiles, configs, kwargs["HEAD_DIM"], kind,
                                os.environ.get("ONEREC_TRITON_AUTOTUNE", "1"))
     return {"early_config_prune": prune}
 
@@ -580,7 +595,7 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dims=(32, 64, 128), grou
             if isinstance(table, tuple):
                 tiles, configs = table
                 table_configs = configs if all_configs else allowed_configs(
-                    tiles, configs, head_dim, dtype == torch.float32)
+                    tiles, configs, head_dim, operand_kind(dtype, precision))
             else:
                 table_configs = table
             for cfg in table_configs:
@@ -608,14 +623,11 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dims=(32, 64, 128), grou
 
 
 # The --quick subset of scripts/triton_aot.py (CI): per dtype label, the kernels whose first
-# Dh 128 config is compiled: every kernel in bf16, and with TF32 the ones nearest the register
-# limit (the combine kernel and the split forward barely differ by dtype). Not "fp32" (exact
-# "ieee" products, torch's default for fp32): its FMA dot holds whole operand slices in
-# registers and every forward config of FWD_TILES spills heavily there (2026-11-30, triton 3.9:
-# 952-1288 B/thread at Dh 32, ~60 KB at Dh 128; 16x16 w8 is the one tile found spill-free at Dh
-# 128), so it stays in the full list, reported, until the fp32 precision or tiles change.
+# Dh 128 config is compiled: every kernel in bf16; with TF32 and with exact fp32 the ones nearest
+# the register limit (the combine kernel and the split forward barely differ by dtype).
 _AOT_QUICK = {"bf16": ("attn_fwd", "attn_fwd_split", "attn_combine", "attn_bwd_dkdv", "attn_bwd_dq"),
-              "fp32-tf32": ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq")}
+              "fp32-tf32": ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq"),
+              "fp32": ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq")}
 
 
 def _registry_specs():

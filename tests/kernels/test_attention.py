@@ -315,9 +315,12 @@ def test_every_head_dim_and_dtype_has_configs():
               (tk.BWD_Q_TILES, tk.BWD_Q_CONFIGS)]
     for tiles, configs in tables:
         for head_dim in (32, 64, 128):
-            for fp32 in (False, True):
-                assert len(tk.allowed_configs(tiles, configs, head_dim, fp32)) >= 1
-                assert len(tk.allowed_configs(tiles, configs, head_dim, fp32, "0")) == 1
+            for kind in ("16bit", "tf32", "ieee"):
+                assert len(tk.allowed_configs(tiles, configs, head_dim, kind)) >= 1
+                assert len(tk.allowed_configs(tiles, configs, head_dim, kind, "0")) == 1
+    assert tk.operand_kind(torch.bfloat16, "ieee") == "16bit"
+    assert tk.operand_kind(torch.float32, "tf32") == "tf32"
+    assert tk.operand_kind(torch.float32, "ieee") == "ieee"
     specs = list(tk.aot_specs(torch.float32, head_dims=(128,)))
     assert {s["name"].rsplit("_", 1)[0] for s in specs} == {
         "attn_fwd", "attn_fwd_split", "attn_combine", "attn_bwd_dkdv", "attn_bwd_dq"}
