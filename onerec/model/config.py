@@ -129,7 +129,7 @@ PRESETS = {
     "tiny": OneRecConfig(name="tiny", num_encoder_layers=2, num_decoder_layers=2, d_model=64,
                          d_ff=64, num_heads=2, num_experts=4, top_k=2, moe_in="both",
                          codebook_sizes=(16, 16, 16), short_len=8, positive_len=16,
-                         lifelong_len=16, num_queries=4, qformer_layers=1, num_buckets=16),
+                         lifelong_len=64, num_queries=4, qformer_layers=1, num_buckets=16),
     "onerec-0.015b": _paper("onerec-0.015b", 4, 128, 256, 4),
     "onerec-0.121b": _paper("onerec-0.121b", 8, 1024, 2048, 8),
     "onerec-0.935b": _paper("onerec-0.935b", 8, 1024, 2048, 8, 24, 2, "decoder"),
