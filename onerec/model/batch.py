@@ -113,8 +113,7 @@ def _sequence(name: str, seq: PackedSequences, cap: int, ref_time: torch.Tensor,
                 np.asarray(dataset.interactions.signals[s][idx], dtype=np.float64)), nb))
     cu = seq.offsets.to(torch.int32)
     return SequenceFeatures(cu, int(lengths.max()) if lengths.numel() else 0, codes, categorical,
-                            torch.stack(cols, dim=1) if cols[0].numel() else
-                            torch.zeros((0, len(cols)), dtype=torch.int64))
+                            torch.stack(cols, dim=1))
 
 
 def encoder_batch(pathways: Pathways, item_codes: torch.Tensor, config: OneRecConfig,
@@ -134,7 +133,7 @@ def encoder_batch(pathways: Pathways, item_codes: torch.Tensor, config: OneRecCo
     users = pathways.users.cpu()
     if config.num_users:
         _check_range("users", users, config.num_users, "the model's user table")
-    static = pathways.static.cpu()[:, :len(config.static_cardinalities)]
+    static = pathways.static.cpu()
     if static.shape[1] != len(config.static_cardinalities):
         raise ValueError(f"encoder_batch: static must have {len(config.static_cardinalities)} "
                          f"columns, got {pathways.static.shape[1]}")

@@ -39,6 +39,12 @@ class OneRec(nn.Module):
         self.encoder = Encoder(config, self.code_emb, backend)
         self.decoder = Decoder(config, self.code_emb, backend)
 
+    def set_backend(self, backend: str | None) -> None:
+        """Switch the kernel backend of every op in the model (e.g. "torch" for the references)."""
+        for m in self.modules():
+            if hasattr(m, "backend"):
+                m.backend = backend
+
     def num_parameters(self) -> tuple[int, int]:
         """(total, active): MoE layers count only top_k of their experts as active."""
         return count_parameters(self)

@@ -83,8 +83,9 @@ def test_users_are_independent_of_the_batch(data, seed):
 def test_fused_backends_match_torch(data, seed):
     pytest.importorskip("triton")
     cfg = data[2]
-    fused, ref = OneRec(cfg, backend="triton").eval(), OneRec(cfg, backend="torch").eval()
+    fused, ref = OneRec(cfg, backend="triton").eval(), OneRec(cfg).eval()
     ref.load_state_dict(fused.state_dict())
+    ref.set_backend("torch")
     b = make_batch(data, [7, 8, 9])
     codes = data[1][torch.tensor([1, 2, 3])]
     with torch.no_grad():
@@ -150,6 +151,19 @@ def test_recommend_returns_legal_items(data, seed):
     assert (res.scores[:, :-1] >= res.scores[:, 1:]).all()  # best first
     for row in res.item_ids:
         assert row.unique().numel() == row.numel()
+
+
+def test_item_sequence_only_data(data, seed):
+    """No static, item or signal features (an item-sequence-only dataset): still runs."""
+    ds, item_codes, _ = data
+    cfg = OneRecConfig.preset("tiny", lifelong_len=10_000).for_data((K, K, K))
+    paths = build_pathways(ds, torch.tensor([22, 23]), short_len=cfg.short_len,
+                           positive_len=cfg.positive_len)
+    paths.static, paths.static_numeric = paths.static[:, :0], paths.static_numeric[:, :0]
+    b = encoder_batch(paths, item_codes, cfg)
+    assert b.short_term.buckets.shape[1] == 3 and b.short_term.categorical.shape[1] == 0
+    model = OneRec(cfg)
+    assert torch.isfinite(model.loss(b, item_codes[:2]))
 
 
 def test_loss_trains_every_part(data, seed):
