@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from onerec_kernels import varlen_cross_attention
-
+from .attention import ragged_attention
 from .batch import EncoderBatch, SequenceFeatures
 from .compress import compress_history
 from .config import OneRecConfig
@@ -77,8 +76,8 @@ class PackedSelfAttention(nn.Module):
 
     def forward(self, x_TD: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_TD).view(x_TD.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
-        o = varlen_cross_attention(q[layout.pad_index], k, v, layout.cu_seqlens, layout.max_len,
-                                   backend=self.backend)  # (B, L_max, H, Dh)
+        o = ragged_attention(q[layout.pad_index], k, v, layout.cu_seqlens, layout.max_len,
+                             self.backend)  # (B, L_max, H, Dh)
         return self.out(o.flatten(0, 1)[layout.token_slot].flatten(1))
 
 
@@ -132,7 +131,7 @@ class Encoder(nn.Module):
         if self.static_features.tables:
             x = x + self.static_features(batch.static)
         if self.static_numeric is not None:
-            x = x + self.static_numeric(batch.static_numeric)
+            x = x + self.static_numeric(batch.static_numeric.to(self.static_numeric.weight.dtype))
         return self.proj["static"](x) + self.pathway_emb.weight[0]
 
     def _sequence(self, name: str, seq: SequenceFeatures) -> torch.Tensor:

@@ -107,9 +107,10 @@ class NaiveStep:
         lengths = (self.enc.cu_seqlens[1:] - self.enc.cu_seqlens[:-1]).long()
         rows = [torch.arange(int(self.enc.cu_seqlens[b]), int(self.enc.cu_seqlens[b + 1]))
                 for b in range(B) for _ in range(W)]
-        cu = torch.zeros(B * W + 1, dtype=torch.int32)
+        dev = self.enc.memory.device
+        cu = torch.zeros(B * W + 1, dtype=torch.int32, device=dev)
         cu[1:] = lengths.repeat_interleave(W).cumsum(0)
-        copied = EncoderOutput(self.enc.memory[torch.cat(rows)], cu, self.enc.max_len)
+        copied = EncoderOutput(self.enc.memory[torch.cat(rows).to(dev)], cu, self.enc.max_len)
         h = self.model.decoder.hidden(copied, tokens.reshape(B * W, 1, t))[:, 0, t]
         return F.log_softmax(self.model.decoder.heads[t](h).float(), -1).view(B, W, -1)
 
@@ -258,6 +259,52 @@ def test_bad_input_is_named(data):
         OneRecConfig.preset("onerec-huge")
     with pytest.raises(ValueError, match="head"):
         OneRecConfig(d_model=96, num_heads=4)
+
+
+def test_bf16_autocast_and_bf16_weights(data, seed):
+    """Under autocast the attention and MoE ops get one dtype (they are not autocast ops); a
+    model cast to bf16 runs too. CPU, torch backends (the Triton interpreter miscomputes bf16)."""
+    ds, item_codes, cfg = data
+    model = OneRec(cfg, backend="torch")
+    b = make_batch(data, [24, 25])
+    trie = SemanticIdTrie(item_codes, cfg.codebook_sizes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(b, item_codes[:2])
+        loss.backward()
+        res = model.recommend(b, trie, 4)
+    assert torch.isfinite(loss) and model.code_emb[0].weight.grad is not None
+    assert torch.equal(res.codes, item_codes[res.item_ids])
+    res16 = model.to(torch.bfloat16).recommend(b, trie, 4)
+    assert torch.equal(res16.codes, item_codes[res16.item_ids])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fused_matches_torch(data, seed):
+    """On CUDA the default backends are the Triton kernels: compare with the references, then
+    decode in bf16 with the KV cache against the naive per-beam recompute."""
+    import copy
+
+    ds, item_codes, cfg = data
+    model = OneRec(cfg).to("cuda").eval()
+    ref = copy.deepcopy(model)
+    ref.set_backend("torch")
+    b = make_batch(data, [26, 27, 28]).to("cuda")
+    codes = item_codes[torch.tensor([5, 6, 7])].cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(b).memory, ref.encode(b).memory,
+                                   atol=2e-2, rtol=2e-2)  # tl.dot may use TF32
+        for a, r in zip(model(b, codes), ref(b, codes)):
+            torch.testing.assert_close(a, r, atol=2e-2, rtol=2e-2)
+        trie = SemanticIdTrie(item_codes.cuda(), cfg.codebook_sizes)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            enc = model.encode(b)
+            log = []
+            for fn in (model.step_fn(enc), NaiveStep(model, enc)):
+                res = constrained_beam_search(
+                    lambda t, p, fn=fn: log.append(fn(t, p)) or log[-1], trie, 3, 8)
+                assert torch.equal(res.codes.cpu(), item_codes[res.item_ids.cpu()])
+        torch.testing.assert_close(log[0], log[3], atol=5e-2, rtol=5e-2)  # the first step
 
 
 def test_config_round_trip():
