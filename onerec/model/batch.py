@@ -10,6 +10,7 @@ C item categorical features, S bucketized per-token signals.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -66,7 +67,8 @@ def log_bucket(x: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return torch.log2(1 + x.double().clamp_min(0)).floor().long().clamp(0, num_buckets - 1)
 
 
-def _check_range(name: str, values: torch.Tensor, high, what: str) -> None:
+def _check_range(name: str, values: torch.Tensor, high, what: str, op: str = "encoder_batch"
+                 ) -> None:
     if values.numel() == 0:
         return
     high_t = torch.as_tensor(high, dtype=values.dtype)
@@ -74,7 +76,7 @@ def _check_range(name: str, values: torch.Tensor, high, what: str) -> None:
     if bool(bad.any()):
         i = tuple(int(j) for j in bad.nonzero()[0])
         hi = int(high_t) if high_t.dim() == 0 else int(high_t[i[-1]])
-        raise ValueError(f"encoder_batch: {name}[{', '.join(map(str, i))}] = {int(values[i])} is "
+        raise ValueError(f"{op}: {name}[{', '.join(map(str, i))}] = {int(values[i])} is "
                          f"outside {what} [0, {hi})")
 
 
@@ -164,3 +166,50 @@ def encoder_batch(pathways: Pathways, item_codes: torch.Tensor, config: OneRecCo
             raise ValueError(f"encoder_batch: pathway {name} has {s.cu_seqlens.shape[0] - 1} "
                              f"rows, users has {users.shape[0]}")
     return EncoderBatch(users, static, numeric, **seqs)
+
+
+def check_batch(batch: EncoderBatch, config: OneRecConfig) -> None:
+    """Before any kernel runs: the shapes and host ints always; the id values when the batch is
+    on the host (free) or with ONEREC_DEBUG_CHECKS=1 (on a GPU that needs a device sync).
+    `encoder_batch` already checked what it built; this guards batches built by hand."""
+    B = batch.batch_size
+    caps = {"short_term": config.short_len, "positive": config.positive_len}
+    nb = [config.num_buckets, config.num_buckets, 2] + [config.num_buckets] * len(config.signals)
+    on_host = batch.users.device.type == "cpu" or os.environ.get("ONEREC_DEBUG_CHECKS") == "1"
+    if batch.static.shape != (B, len(config.static_cardinalities)):
+        raise ValueError(f"OneRec: batch.static must be ({B}, {len(config.static_cardinalities)}), "
+                         f"got {tuple(batch.static.shape)}")
+    if batch.static_numeric.shape != (B, config.num_static_numeric):
+        raise ValueError(f"OneRec: batch.static_numeric must be ({B}, "
+                         f"{config.num_static_numeric}), got {tuple(batch.static_numeric.shape)}")
+    for name in ("short_term", "positive", "lifelong"):
+        s = getattr(batch, name)
+        n = s.codes.shape[0]
+        if s.cu_seqlens.shape != (B + 1,) or s.codes.shape != (n, config.num_levels) \
+                or s.buckets.shape != (n, len(nb)) \
+                or s.categorical.shape != (n, len(config.item_cardinalities)):
+            raise ValueError(
+                f"OneRec: batch.{name} must have cu_seqlens ({B + 1},), codes (T, "
+                f"{config.num_levels}), buckets (T, {len(nb)}), categorical (T, "
+                f"{len(config.item_cardinalities)}); got {tuple(s.cu_seqlens.shape)}, "
+                f"{tuple(s.codes.shape)}, {tuple(s.buckets.shape)}, {tuple(s.categorical.shape)}")
+        if s.max_len > caps.get(name, s.max_len):
+            raise ValueError(f"OneRec: batch.{name}.max_len = {s.max_len} exceeds the config's "
+                             f"{caps[name]}")
+        if on_host and n:
+            host = s.to("cpu")
+            if int(host.cu_seqlens[0]) != 0 or int(host.cu_seqlens[-1]) != n \
+                    or bool((host.lengths < 0).any()) or int(host.lengths.max()) > s.max_len:
+                raise ValueError(f"OneRec: batch.{name}.cu_seqlens must run from 0 to {n}, "
+                                 f"non-decreasing, rows at most max_len = {s.max_len}")
+            _check_range(f"{name}.codes", host.codes, list(config.codebook_sizes),
+                         "the codebook", "OneRec")
+            _check_range(f"{name}.buckets", host.buckets, nb, "the bucket tables", "OneRec")
+            _check_range(f"{name}.categorical", host.categorical,
+                         list(config.item_cardinalities), "the item feature tables", "OneRec")
+    if on_host and B:
+        if config.num_users:
+            _check_range("users", batch.users.cpu(), config.num_users, "the model's user table",
+                         "OneRec")
+        _check_range("static", batch.static.cpu(), list(config.static_cardinalities),
+                     "the config's static_cardinalities", "OneRec")

@@ -176,9 +176,9 @@ class Encoder(nn.Module):
             j = torch.arange(n, device=dev) - seq.cu_seqlens[:-1].long()[row]
             return start[row] + before[row] + j
 
+        life_dest = (start + 1 + n_s + n_p)[:, None] + torch.arange(Q, device=dev)
         dest = torch.cat([start, seq_dest(batch.short_term, torch.ones_like(n_s)),
-                          seq_dest(batch.positive, 1 + n_s),
-                          ((start + 1 + n_s + n_p)[:, None] + torch.arange(Q, device=dev)).flatten()])
+                          seq_dest(batch.positive, 1 + n_s), life_dest.flatten()])
         src = torch.cat([static, short, pos, life.reshape(B * Q, -1)])
         x = src.new_empty(total, src.shape[1]).index_copy(0, dest, src)
         for layer in self.layers:

@@ -19,7 +19,7 @@ from torch import nn
 
 from onerec_kernels import BeamSearchResult, SemanticIdTrie, constrained_beam_search
 
-from .batch import EncoderBatch
+from .batch import EncoderBatch, check_batch
 from .config import OneRecConfig
 from .decoder import Decoder
 from .encoder import Encoder, EncoderOutput
@@ -57,6 +57,7 @@ class OneRec(nn.Module):
         if not isinstance(batch, EncoderBatch):
             raise TypeError(f"OneRec: batch must be an EncoderBatch (onerec.model.batch."
                             f"encoder_batch), got {type(batch).__name__}")
+        check_batch(batch, self.config)
         return self.encoder(batch)
 
     def _check_codes(self, codes: torch.Tensor) -> None:

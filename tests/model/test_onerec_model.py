@@ -1,5 +1,6 @@
 """The OneRec model on the tiny preset (CPU): pathway shapes, backends, beam-shared decoding vs
 a naive per-beam recompute, legality, parameter counts, torch.compile, bad input."""
+import copy
 from dataclasses import replace
 
 import pytest
@@ -252,6 +253,18 @@ def test_bad_input_is_named(data):
     b = encoder_batch(paths, item_codes, cfg, ds)
     with pytest.raises(ValueError, match="codebook"):
         model(b, torch.tensor([[0, 0, K], [0, 0, 0]]))
+    bad = copy.deepcopy(b)  # hand-built batches are checked by the model (free on the host)
+    bad.positive.codes[0, 2] = K
+    with pytest.raises(ValueError, match="positive.codes"):
+        model.encode(bad)
+    bad = copy.deepcopy(b)
+    bad.short_term.max_len = cfg.short_len + 1
+    with pytest.raises(ValueError, match="short_term.max_len"):
+        model.encode(bad)
+    bad = copy.deepcopy(b)
+    bad.lifelong.buckets = bad.lifelong.buckets[:, :2]
+    with pytest.raises(ValueError, match="lifelong"):
+        model.encode(bad)
     other = SemanticIdTrie(item_codes, (K, K, 2 * K))
     with pytest.raises(ValueError, match="codebook shape"):
         model.recommend(b, other, 4)
@@ -283,8 +296,6 @@ def test_bf16_autocast_and_bf16_weights(data, seed):
 def test_cuda_fused_matches_torch(data, seed):
     """On CUDA the default backends are the Triton kernels: compare with the references, then
     decode in bf16 with the KV cache against the naive per-beam recompute."""
-    import copy
-
     ds, item_codes, cfg = data
     model = OneRec(cfg).to("cuda").eval()
     ref = copy.deepcopy(model)
