@@ -318,6 +318,32 @@ def test_cuda_fused_matches_torch(data, seed):
         torch.testing.assert_close(log[0], log[3], atol=5e-2, rtol=5e-2)  # the first step
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_capture_of_the_search(data, seed):
+    """With the encoder output fixed, the whole constrained search (decoder steps with the KV
+    cache, beam-shared cross-attention, MoE, trie steps) captures in one CUDA graph."""
+    ds, item_codes, cfg = data
+    model = OneRec(cfg).to("cuda").eval()
+    trie = SemanticIdTrie(item_codes.cuda(), cfg.codebook_sizes)
+    b = make_batch(data, [1, 2, 3, 4]).to("cuda")
+    with torch.no_grad():
+        enc = model.encode(b)
+        want = constrained_beam_search(model.step_fn(enc), trie, 4, 8)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            constrained_beam_search(model.step_fn(enc), trie, 4, 8)  # warm-up (compiles)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            got = constrained_beam_search(model.step_fn(enc), trie, 4, 8)
+        g.replay()
+        torch.cuda.synchronize()
+    assert torch.equal(got.item_ids, want.item_ids)
+    torch.testing.assert_close(got.scores, want.scores)
+
+
 def test_config_round_trip():
     cfg = PRESETS["onerec-0.935b"]
     assert OneRecConfig.from_dict(cfg.to_dict()) == cfg
