@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from onerec.data import Dataset, PackedSequences, Pathways
+from onerec.data import Dataset, PackedSequences, Pathways, build_pathways
 
 from .config import OneRecConfig
 
@@ -166,6 +166,14 @@ def encoder_batch(pathways: Pathways, item_codes: torch.Tensor, config: OneRecCo
             raise ValueError(f"encoder_batch: pathway {name} has {s.cu_seqlens.shape[0] - 1} "
                              f"rows, users has {users.shape[0]}")
     return EncoderBatch(users, static, numeric, **seqs)
+
+
+def build_batch(dataset: Dataset, users, times, item_codes: torch.Tensor, config: OneRecConfig,
+                *, pool="all") -> EncoderBatch:
+    """`build_pathways` at the config's pathway lengths, then `encoder_batch` (host tensors)."""
+    paths = build_pathways(dataset, users, times, short_len=config.short_len,
+                           positive_len=config.positive_len, pool=pool)
+    return encoder_batch(paths, item_codes, config, dataset)
 
 
 def check_batch(batch: EncoderBatch, config: OneRecConfig) -> None:

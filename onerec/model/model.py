@@ -2,7 +2,7 @@
 
     config = OneRecConfig.preset("tiny").for_data(tokenizer.codebook_sizes, dataset)
     model = OneRec(config)
-    batch = encoder_batch(build_pathways(dataset, users, times), item_codes, config, dataset)
+    batch = build_batch(dataset, users, times, item_codes, config)   # onerec.model.batch
     loss = model.loss(batch, target_codes)                       # (B, L) semantic IDs
     result = model.recommend(batch, trie, beam_width=32)        # items, codes, scores
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from onerec.data import build_pathways, load_dataset
-from onerec.model.batch import encoder_batch
+from onerec.model.batch import build_batch, encoder_batch
 from onerec.model.config import NOMINAL_PARAMS, PRESETS, OneRecConfig
 from onerec.model.encoder import EncoderOutput
 from onerec.model.model import OneRec
@@ -31,10 +31,7 @@ def data():
 
 def make_batch(data, users, times=None, config=None):
     ds, item_codes, cfg = data
-    cfg = config or cfg
-    paths = build_pathways(ds, torch.as_tensor(users), times, short_len=cfg.short_len,
-                           positive_len=cfg.positive_len)
-    return encoder_batch(paths, item_codes, cfg, ds)
+    return build_batch(ds, torch.as_tensor(users), times, item_codes, config or cfg)
 
 
 def first_times(ds, users):
