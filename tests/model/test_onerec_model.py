@@ -91,6 +91,14 @@ def test_fused_backends_match_torch(data, seed):
         torch.testing.assert_close(e1.memory, e2.memory, atol=1e-4, rtol=1e-4)
         for a, r in zip(fused(b, codes), ref(b, codes)):
             torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
+    # Training: the loss and every gradient (through the kernels' backward) agree too.
+    fused.train(), ref.train()
+    for model in (fused, ref):
+        model.loss(b, codes).backward()
+    for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
+        if p.grad is not None or q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-3,
+                                       msg=lambda m, n=name: f"{n}: {m}")
 
 
 class NaiveStep:
