@@ -12,6 +12,7 @@ from onerec.model.batch import build_batch, encoder_batch
 from onerec.model.config import NOMINAL_PARAMS, PRESETS, OneRecConfig
 from onerec.model.encoder import EncoderOutput
 from onerec.model.model import OneRec
+from onerec.model.moe import attach_balancing
 from onerec_kernels import SemanticIdTrie, constrained_beam_search
 
 K = 16
@@ -185,6 +186,26 @@ def test_loss_trains_every_part(data, seed):
                  "encoder.user_emb.weight"):
         g = model.get_parameter(name).grad
         assert g is not None and g.abs().sum() > 0, name
+
+
+def test_overfit_batch_then_recommend_the_targets(data):
+    """End to end: a few optimizer steps memorise 16 users' targets (teacher forcing), and the
+    beam search (KV cache, shared K/V) then ranks each user's target first."""
+    ds, item_codes, cfg = data
+    torch.manual_seed(0)
+    model = OneRec(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    attach_balancing(opt, model)
+    b = make_batch(data, torch.arange(16))
+    targets = torch.randint(0, ds.num_items, (16,), generator=torch.Generator().manual_seed(1))
+    for _ in range(40):
+        loss = model.loss(b, item_codes[targets])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+    res = model.eval().recommend(b, SemanticIdTrie(item_codes, cfg.codebook_sizes), 4)
+    assert torch.equal(res.item_ids[:, 0], targets)
 
 
 def test_param_counts_of_presets():
