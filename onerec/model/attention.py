@@ -12,6 +12,20 @@ from torch import nn
 from onerec_kernels import varlen_cross_attention
 
 
+def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_k: torch.Tensor,
+                     max_seqlen_k: int, backend: str | None = None) -> torch.Tensor:
+    """`varlen_cross_attention` that also runs under autocast: the op is not an autocast op, so
+    q, k, v are brought to the autocast dtype here and the op runs with autocast off (its
+    kernels and reference keep one dtype throughout)."""
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):
+        dtype = torch.get_autocast_dtype(dev)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        with torch.autocast(dev, enabled=False):
+            return varlen_cross_attention(q, k, v, cu_seqlens_k, max_seqlen_k, backend=backend)
+    return varlen_cross_attention(q, k, v, cu_seqlens_k, max_seqlen_k, backend=backend)
+
+
 class CrossAttention(nn.Module):
     """Queries attend to their user's packed memory.
 
@@ -65,5 +79,5 @@ class CrossAttention(nn.Module):
             raise ValueError("CrossAttention: pass exactly one of memory and kv")
         k, v = self.project_kv(memory) if kv is None else kv
         q = self.q_proj(x).unflatten(-1, (self.num_heads, self.head_dim))
-        out = varlen_cross_attention(q, k, v, cu_seqlens_k, max_seqlen_k, backend=self.backend)
+        out = ragged_attention(q, k, v, cu_seqlens_k, max_seqlen_k, self.backend)
         return self.out_proj(out.flatten(-2))

@@ -124,11 +124,18 @@ class MoE(nn.Module):
                     0, flat, torch.ones_like(flat, dtype=self.pending_load.dtype))
                 self.pending_load += load
                 self.last_load.copy_(load)
+        w1, w2 = self.w1, self.w2
+        dev = x_TD.device.type
+        if torch.is_autocast_enabled(dev):
+            # fused_moe is not an autocast op: run the experts in the autocast dtype, as
+            # autocast runs a Linear (the router above stays fp32).
+            dtype = torch.get_autocast_dtype(dev)
+            x_TD, w1, w2 = x_TD.to(dtype), w1.to(dtype), w2.to(dtype)
         if self.expert_group is None:
-            y_TD = ok.fused_moe(x_TD, self.w1, self.w2, weights_TK, ids_TK,
+            y_TD = ok.fused_moe(x_TD, w1, w2, weights_TK, ids_TK,
                                 activation=self.activation, backend=self.backend)
         else:
-            y_TD = expert_parallel_moe(x_TD, self.w1, self.w2, weights_TK, ids_TK,
+            y_TD = expert_parallel_moe(x_TD, w1, w2, weights_TK, ids_TK,
                                        self.num_experts, self.activation, self.expert_group,
                                        self.backend)
         if self.shared is not None:
