@@ -9,6 +9,9 @@ protocol (1M random semantic IDs, per-step device time per level).
 """
 from __future__ import annotations
 
+import statistics
+import time
+
 import pytest
 import torch
 
@@ -160,3 +163,39 @@ def test_bench_static_protocol(benchmark):
     run_timed(benchmark, fn, per_level["level2_ms"])
     record(benchmark, users=B, beams=W, items=trie.num_items, static_reference_ms=0.033,
            **per_level)
+
+
+@pytest.mark.skipif(not native_available(), reason="native extension not built")
+def test_bench_full_search_cpu_threads(benchmark):
+    """CPU thread scaling of the full 3-level search (model excluded: precomputed log-probs),
+    1 vs 2 threads interleaved in one process (torch.set_num_threads, which the C++ step
+    honours). Issue 7's shape (100k items, V=8192, 64 users x 128 beams) with
+    ONEREC_BENCH_CPU_FULL=1, a small one otherwise."""
+    import os
+
+    full = os.environ.get("ONEREC_BENCH_CPU_FULL", "0") == "1"
+    items, vocab, B, W = (100_000, V, 64, 128) if full else (20_000, 1024, 16, 32)
+    trie = _random_trie(items, 3, vocab)
+    lps = [torch.randn(B, 1 if t == 0 else W, vocab).log_softmax(-1) for t in range(3)]
+    step_fn = lambda toks, parents: lps[toks.shape[2]]  # noqa: E731
+    search = lambda: constrained_beam_search(step_fn, trie, B, W, backend="cpp")  # noqa: E731
+    before = torch.get_num_threads()
+    times = {1: [], 2: []}
+    outs = {}
+    try:
+        for rep in range(7 if full else 3):
+            for threads in ((1, 2) if rep % 2 == 0 else (2, 1)):
+                torch.set_num_threads(threads)
+                t0 = time.perf_counter()
+                outs[threads] = search()
+                times[threads].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(outs[1], outs[2]):  # same beams whatever the thread count
+        assert torch.equal(a, b)
+    med = {t: statistics.median(ts) for t, ts in times.items()}
+    run_timed(benchmark, search, med[1])
+    record(benchmark, users=B, beams=W, vocab=vocab, items=items, ms_1_thread=med[1],
+           ms_2_threads=med[2], speedup_2_vs_1=med[1] / med[2],
+           spread_1_thread_ms=f"{min(times[1]):.1f}-{max(times[1]):.1f}",
+           spread_2_threads_ms=f"{min(times[2]):.1f}-{max(times[2]):.1f}")

@@ -75,12 +75,20 @@ Pool& pool() {
   return *p;
 }
 
+std::atomic<PoolRunner> g_runner{nullptr};
+
 }  // namespace
+
+void set_pool_runner(PoolRunner runner) { g_runner.store(runner); }
 
 void run_on_pool(int64_t num_tasks, const std::function<void(int64_t)>& task) {
   if (num_tasks <= 0) return;
   if (num_tasks == 1 || t_inside_task) {
     for (int64_t c = 0; c < num_tasks; ++c) task(c);
+    return;
+  }
+  if (PoolRunner runner = g_runner.load()) {
+    runner(num_tasks, task);
     return;
   }
   pool().run(num_tasks, task);

@@ -23,6 +23,13 @@ inline int default_num_threads() {
 // serialized; a call from inside a task runs its tasks inline (no nested parallelism).
 void run_on_pool(int64_t num_tasks, const std::function<void(int64_t)>& task);
 
+// Replaces the pool above for every later parallel_for (nullptr: back to it). The torch
+// extension installs torch's intra-op pool (at::parallel_for): a second set of threads next to
+// torch's OpenMP workers, which spin for a while after each torch op, would fight them for the
+// same cores (measured: 2 threads slower than 1 for the beam search on the 2-core dev machine).
+using PoolRunner = void (*)(int64_t num_tasks, const std::function<void(int64_t)>& task);
+void set_pool_runner(PoolRunner runner);
+
 // Calls fn(begin, end) on disjoint chunks of [0, n), each at least `grain` long, on at most
 // num_threads threads (num_threads <= 0: all hardware threads).
 template <typename Fn>
