@@ -13,7 +13,6 @@ extension compiles against the installed torch's headers and ABI.
 """
 import glob
 import os
-import sys
 
 from setuptools import setup
 
@@ -40,13 +39,6 @@ def _native_extensions():
 
     sources = _sources("csrc/core/*.cpp") + _sources("csrc/torch/*.cpp")
     cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wno-psabi"]
-    link_flags = []
-    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
-        # at::parallel_for (csrc/torch/parallel_runner.cpp) is an inline `#pragma omp parallel`
-        # in torch's OpenMP builds: without -fopenmp it compiles to a serial loop (measured: one
-        # thread busy at torch.set_num_threads(2)). The runtime is torch's own libgomp.
-        cxx_flags.append("-fopenmp")
-        link_flags.append("-fopenmp")
     define_macros = []
     force_cpu = os.environ.get("ONEREC_FORCE_CPU_BUILD", "0") == "1"
     with_cuda = (
@@ -66,7 +58,6 @@ def _native_extensions():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros + [("ONEREC_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx_flags + ["-DONEREC_WITH_CUDA=1"], "nvcc": nvcc_flags},
-            extra_link_args=link_flags,
         )
     else:
         ext = cpp_extension.CppExtension(
@@ -75,7 +66,6 @@ def _native_extensions():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=link_flags,
         )
     print(f"onerec-kernels: building the native extension (cuda={with_cuda}, "
           f"{len(sources)} sources)")

@@ -18,12 +18,13 @@ thread_local bool t_inside_task = false;
 // interpreter exit is a known deadlock hazard).
 class Pool {
  public:
-  void run(int64_t num_tasks, const std::function<void(int64_t)>& task) {
+  void run(int64_t num_tasks, int num_threads, const std::function<void(int64_t)>& task) {
     std::lock_guard<std::mutex> one_job(run_m_);
     {
       std::lock_guard<std::mutex> lk(m_);
-      while (static_cast<int64_t>(workers_.size()) < num_tasks - 1)
+      while (static_cast<int>(workers_.size()) < num_threads - 1)
         workers_.emplace_back([this, g = gen_] { work(g); });
+      seats_ = num_threads - 1;  // workers beyond the requested thread count stay asleep
       job_ = &task;
       num_tasks_ = num_tasks;
       next_.store(0);
@@ -50,7 +51,9 @@ class Pool {
       seen = gen_;
       const std::function<void(int64_t)>* job = job_;
       const int64_t num_tasks = num_tasks_;
-      if (job == nullptr) continue;  // woke after that job had already finished
+      // Woke after that job had finished, or it already has all the threads it asked for.
+      if (job == nullptr || seats_ == 0) continue;
+      --seats_;
       ++active_;
       lk.unlock();
       take_tasks(*job, num_tasks);
@@ -67,6 +70,7 @@ class Pool {
   int64_t num_tasks_ = 0;
   std::atomic<int64_t> next_{0};
   int active_ = 0;
+  int seats_ = 0;
   uint64_t gen_ = 0;
 };
 
@@ -75,23 +79,15 @@ Pool& pool() {
   return *p;
 }
 
-std::atomic<PoolRunner> g_runner{nullptr};
-
 }  // namespace
 
-void set_pool_runner(PoolRunner runner) { g_runner.store(runner); }
-
-void run_on_pool(int64_t num_tasks, const std::function<void(int64_t)>& task) {
+void run_on_pool(int64_t num_tasks, int num_threads, const std::function<void(int64_t)>& task) {
   if (num_tasks <= 0) return;
-  if (num_tasks == 1 || t_inside_task) {
+  if (num_tasks == 1 || num_threads <= 1 || t_inside_task) {
     for (int64_t c = 0; c < num_tasks; ++c) task(c);
     return;
   }
-  if (PoolRunner runner = g_runner.load()) {
-    runner(num_tasks, task);
-    return;
-  }
-  pool().run(num_tasks, task);
+  pool().run(num_tasks, num_threads, task);
 }
 
 }  // namespace onerec

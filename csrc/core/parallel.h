@@ -18,34 +18,31 @@ inline int default_num_threads() {
   return n == 0 ? 1 : static_cast<int>(n);
 }
 
-// Runs task(c) for every c in [0, num_tasks) on the calling thread plus up to
-// num_tasks - 1 pool workers, and returns when all are done. Calls from several threads are
+// Runs task(c) for every c in [0, num_tasks) on the calling thread plus up to num_threads - 1
+// pool workers, which claim tasks from a shared counter, and returns when all are done. A worker
+// that has not woken up by then is not waited for (on a shared machine it may wait a scheduler
+// slice for a core); the caller simply runs more of the tasks. Calls from several threads are
 // serialized; a call from inside a task runs its tasks inline (no nested parallelism).
-void run_on_pool(int64_t num_tasks, const std::function<void(int64_t)>& task);
-
-// Replaces the pool above for every later parallel_for (nullptr: back to it). The torch
-// extension installs torch's intra-op pool (at::parallel_for): a second set of threads next to
-// torch's OpenMP workers, which spin for a while after each torch op, would fight them for the
-// same cores (measured: 2 threads slower than 1 for the beam search on the 2-core dev machine).
-using PoolRunner = void (*)(int64_t num_tasks, const std::function<void(int64_t)>& task);
-void set_pool_runner(PoolRunner runner);
+void run_on_pool(int64_t num_tasks, int num_threads, const std::function<void(int64_t)>& task);
 
 // Calls fn(begin, end) on disjoint chunks of [0, n), each at least `grain` long, on at most
-// num_threads threads (num_threads <= 0: all hardware threads).
+// num_threads threads (num_threads <= 0: all hardware threads). Up to 4 chunks per thread,
+// claimed dynamically, so a thread the OS holds back costs at most a chunk, not half the work.
 template <typename Fn>
 void parallel_for(int64_t n, int64_t grain, int num_threads, Fn&& fn) {
   if (n <= 0) return;
   if (num_threads <= 0) num_threads = default_num_threads();
   grain = std::max<int64_t>(grain, 1);
-  const int64_t chunks = std::min<int64_t>(num_threads, (n + grain - 1) / grain);
-  if (chunks <= 1) {
+  const int64_t max_chunks = (n + grain - 1) / grain;
+  const int64_t threads = std::min<int64_t>(num_threads, max_chunks);
+  if (threads <= 1) {
     fn(int64_t{0}, n);
     return;
   }
-  const int64_t step = (n + chunks - 1) / chunks;
-  run_on_pool(chunks, [&](int64_t c) {
-    const int64_t b = c * step, e = std::min(n, b + step);
-    if (b < e) fn(b, e);
+  const int64_t step = (n + std::min(max_chunks, threads * 4) - 1) / std::min(max_chunks, threads * 4);
+  const int64_t chunks = (n + step - 1) / step;
+  run_on_pool(chunks, static_cast<int>(threads), [&](int64_t c) {
+    fn(c * step, std::min(n, (c + 1) * step));
   });
 }
 
