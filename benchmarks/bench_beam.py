@@ -9,6 +9,9 @@ protocol (1M random semantic IDs, per-step device time per level).
 """
 from __future__ import annotations
 
+import statistics
+import time
+
 import pytest
 import torch
 
@@ -175,3 +178,55 @@ def test_bench_static_protocol(benchmark):
     run_timed(benchmark, fn, per_level["level2_ms"])
     record(benchmark, users=B, beams=W, items=trie.num_items, static_reference_ms=0.033,
            **per_level)
+
+
+@pytest.mark.skipif(not native_available(), reason="native extension not built")
+def test_bench_full_search_cpu_threads(benchmark):
+    """CPU thread scaling of the full 3-level search (model excluded: precomputed log-probs),
+    1 vs 2 threads interleaved in one process (torch.set_num_threads, which the C++ step
+    honours). Issue 7's shape (100k items, V=8192, 64 users x 128 beams) with
+    ONEREC_BENCH_CPU_FULL=1, a small one otherwise."""
+    import os
+
+    full = os.environ.get("ONEREC_BENCH_CPU_FULL", "0") == "1"
+    items, vocab, B, W = (100_000, V, 64, 128) if full else (20_000, 1024, 16, 32)
+    trie = _random_trie(items, 3, vocab)
+    lps = [torch.randn(B, 1 if t == 0 else W, vocab).log_softmax(-1) for t in range(3)]
+    step_fn = lambda toks, parents: lps[toks.shape[2]]  # noqa: E731
+    search = lambda: constrained_beam_search(step_fn, trie, B, W, backend="cpp")  # noqa: E731
+    # The native step alone at the widest level (W beams in), without the Python wrapper's
+    # input checks: what the thread pool itself gains.
+    level = 1
+    scores, states = _beams_at(trie, level, B, W, "cpu")
+    step = lambda: torch.ops.onerec_C.trie_beam_step(  # noqa: E731
+        lps[1], scores, states, trie.offsets[level], trie.tokens[level], W,
+        trie.max_branching(level), False)
+    before = torch.get_num_threads()
+    times = {(what, t): [] for what in ("search", "step") for t in (1, 2)}
+    outs = {}
+    try:
+        for rep in range(7 if full else 3):
+            for threads in ((1, 2) if rep % 2 == 0 else (2, 1)):
+                torch.set_num_threads(threads)
+                for what, fn in (("search", search), ("step", step)):
+                    # A few back-to-back calls per switch (a serving loop's steady state): the
+                    # first call after torch.set_num_threads wakes a sleeping worker, which on a
+                    # shared machine can wait a whole scheduler slice for a core.
+                    for _ in range(3):
+                        t0 = time.perf_counter()
+                        outs[what, threads] = fn()
+                        times[what, threads].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(before)
+    for what in ("search", "step"):  # same beams whatever the thread count
+        for a, b in zip(outs[what, 1], outs[what, 2]):
+            assert torch.equal(a, b)
+    med = {key: statistics.median(ts) for key, ts in times.items()}
+    run_timed(benchmark, search, med["search", 1])
+    extra = {}
+    for (what, t), ts in times.items():
+        extra[f"{what}_ms_{t}_thread"] = med[what, t]
+        extra[f"{what}_spread_ms_{t}_thread"] = f"{min(ts):.2f}-{max(ts):.2f}"
+    record(benchmark, users=B, beams=W, vocab=vocab, items=items,
+           search_speedup_2_vs_1=med["search", 1] / med["search", 2],
+           step_speedup_2_vs_1=med["step", 1] / med["step", 2], **extra)

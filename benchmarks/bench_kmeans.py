@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import onerec_kernels as ok
+import cpu_peers
 from common import (assert_assignments_exact_up_to_ties, cpu_time_ms, gpu_time_ms,
                     measured_bf16_peak_tflops, quick, record, requires_cuda, run_timed, tflops)
 from onerec.tokenizer import RQKMeansTokenizer
@@ -146,3 +147,24 @@ def test_kmeans_fit_cpu(benchmark):
              "reference_fit_ms": ref_ms, "speedup_vs_reference": ref_ms / cpp_ms}
     record(benchmark, **extra)
     run_timed(benchmark, lambda: fit("cpp"), cpp_ms)  # times the fit
+
+
+def _kmeans_peer_specs():
+    if cpu_peers.full():
+        return [dict(op="kmeans", n=16384, d=512, k=4096, repeats=5, reference=False)]
+    return [dict(op="kmeans", n=2048, d=64, k=256, repeats=3)]
+
+
+@pytest.mark.parametrize("spec", _kmeans_peer_specs(), ids=lambda s: f"D{s['d']}-K{s['k']}")
+def test_kmeans_step_cpu_vs_peers(benchmark, spec):
+    """CPU: one Lloyd step of the C++ kmeans_step against faiss (Kmeans(niter=1), and
+    IndexFlatL2 search + a sorted numpy update), numpy BLAS + argmin + the same update and our
+    PyTorch reference, at 1 and 2 threads, OpenBLAS both ways, the faster counting."""
+    if not ok.native_available():
+        pytest.skip("native extension not built")
+    result = cpu_peers.compare(spec)
+    cpu_peers.record_comparison(record, benchmark, spec, result)
+    # pytest-benchmark's own row times one real call of ours (see bench_rq.py)
+    x, c = _data(spec["n"], spec["d"], spec["k"], "cpu", torch.float32)
+    run_timed(benchmark, lambda: ok.kmeans_step(x, c, backend="cpp"),
+              result["summary"][1]["numpy_blas"]["ours_ms"])

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import onerec_kernels as ok
+import cpu_peers
 from common import (assert_assignments_exact_up_to_ties, cpu_time_ms, gpu_time_ms,
                     measured_bf16_peak_tflops, quick, record, requires_cuda, run_timed, tflops)
 
@@ -113,3 +114,26 @@ def test_rq_assign_cpu(benchmark, n, d, k):
              "speedup_vs_reference": ref_ms / cpp_ms}
     record(benchmark, **extra)
     run_timed(benchmark, lambda: ok.rq_assign(x, codebooks, backend="cpp"), cpp_ms)
+
+
+def _rq_peer_specs():
+    if cpu_peers.full():
+        return [dict(op="rq", n=8192, d=512, k=8192, levels=3, repeats=5, reference=False),
+                dict(op="rq", n=100_000, d=64, k=1024, levels=3, repeats=5)]
+    return [dict(op="rq", n=2048, d=64, k=256, levels=3, repeats=3)]
+
+
+@pytest.mark.parametrize("spec", _rq_peer_specs(), ids=lambda s: f"D{s['d']}-{s['levels']}x{s['k']}")
+def test_rq_assign_cpu_vs_peers(benchmark, spec):
+    """CPU: the C++ rq_assign against faiss IndexFlatL2 per level, numpy BLAS + argmin and our
+    PyTorch reference, at 1 and 2 threads, each peer with OpenBLAS's own kernel choice and with
+    its SkylakeX (AVX-512) kernels, the faster counting (see cpu_peers.py)."""
+    if not ok.native_available():
+        pytest.skip("native extension not built")
+    result = cpu_peers.compare(spec)
+    cpu_peers.record_comparison(record, benchmark, spec, result)
+    # pytest-benchmark's own row times one real call of ours (the compared figures ran in the
+    # peers' child processes and are in the summary table)
+    x, codebooks = _data(spec["n"], spec["d"], spec["k"], spec["levels"], "cpu", torch.float32)
+    run_timed(benchmark, lambda: ok.rq_assign(x, codebooks, backend="cpp"),
+              result["summary"][1]["numpy_blas"]["ours_ms"])

@@ -10,9 +10,9 @@ namespace onerec {
 
 namespace {
 
-// Rows per nearest_codes call: one register-tiled block, small enough that the block's rows
+// Rows per CodebookSearch::nearest call: one register-tiled block, small enough that the block's rows
 // are still in L1/L2 when they are added to the partial sums.
-constexpr int64_t kRowBlock = 64;
+constexpr int64_t kRowBlock = 96;
 // Budget for the per-worker (k, d) double partial sums.
 constexpr int64_t kPartialBudgetBytes = int64_t{256} << 20;
 
@@ -27,10 +27,7 @@ void kmeans_step_cpu(const float* x, const float* centroids, int64_t n, int64_t 
   if (n <= 0) return;
   if (num_threads <= 0) num_threads = default_num_threads();
 
-  std::vector<float> panels(static_cast<size_t>(panel_floats(k, d)));
-  std::vector<float> norms(static_cast<size_t>(k));
-  prepare_codebook(centroids, k, d, panels.data(), norms.data());
-  const PreparedCodebook cb{panels.data(), norms.data(), k, d};
+  const CodebookSearch cb(centroids, k, d);
 
   // Workers: at most one per row block, one per thread, and within the partial-sum budget.
   const int64_t per_worker_bytes = k * d * static_cast<int64_t>(sizeof(double));
@@ -56,7 +53,7 @@ void kmeans_step_cpu(const float* x, const float* centroids, int64_t n, int64_t 
       for (int64_t row0 = begin; row0 < end; row0 += kRowBlock) {
         const int64_t rows = std::min(kRowBlock, end - row0);
         const float* xb = x + row0 * d;
-        nearest_codes(xb, rows, cb, idx, nullptr);
+        cb.nearest(xb, rows, idx, nullptr);
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t j = idx[i];
           assignments[row0 + i] = j;

@@ -1,35 +1,52 @@
-// Greedy residual quantization (the RQ-KMeans assignment), plain C++ on float32.
+// Greedy residual quantization (the RQ-KMeans assignment), plain C++ on float32, and the
+// nearest-code search it shares with k-means.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace onerec {
 
-// Width of a codebook panel: codes handled side by side by the CPU micro-kernel.
-constexpr int64_t kPanelCodes = 16;
+// Instruction sets of the CPU nearest-code search, chosen at run time from the CPU's features:
+//   kSse:    4-wide fp32 FMA-free body (any x86-64, and the portable path elsewhere);
+//   kAvx2:   8-wide fp32 FMA register tile (AVX2 + FMA);
+//   kAvx512: AVX-512 BF16 screen (vdpbf16ps, twice the fp32 FMA rate) with an exact fp32
+//            rescoring of the few codes the screen cannot rule out (AVX-512 F/BW/DQ/VL + BF16).
+// Every path returns the argmin of the fp32 score ||c||^2 - 2 r.c (ties: lowest index), so they
+// differ only where two codes' scores lie within fp32 rounding of each other.
+enum class CpuIsa : int { kSse = 0, kAvx2 = 1, kAvx512 = 2 };
 
-inline int64_t panel_floats(int64_t k, int64_t d) {
-  return (k + kPanelCodes - 1) / kPanelCodes * d * kPanelCodes;
-}
+const char* cpu_isa_name(CpuIsa isa);
+// The best path this CPU supports.
+CpuIsa best_cpu_isa();
+// The path new searches use: best_cpu_isa(), or ONEREC_CPU_ISA=sse|avx2|avx512 when set (capped
+// at what the CPU supports), or what set_cpu_isa chose last.
+CpuIsa active_cpu_isa();
+// Makes `isa` the active path; returns false (and changes nothing) if the CPU lacks it. For
+// tests and benchmarks that force each path; not meant to race with running searches.
+bool set_cpu_isa(CpuIsa isa);
 
-// Codebook of one level, laid out for the CPU nearest-code search: packed into panels of
-// kPanelCodes codes, each panel (d, kPanelCodes) contiguous, so the micro-kernel streams it
-// with unit stride (a plain (d, k) transpose strides by 4*k bytes, and k a multiple of 1024 puts
-// every row of a tile in the same L1 set). The last panel is zero-padded. Plus squared norms (k).
-struct PreparedCodebook {
-  const float* panels;  // (ceil(k / kPanelCodes), d, kPanelCodes)
-  const float* norms;   // (k,)
-  int64_t k;
-  int64_t d;
+// One codebook (k, d) row-major, packed once for the active path; then nearest() answers, for
+// rows of r, the code with the smallest ||c||^2 - 2 r.c (ties: lowest index; NaN scores never
+// win; a row with no finite score gets 0). Read-only after construction, so threads share it.
+// The caller keeps `codebook` alive (the AVX-512 path rescores against it).
+class CodebookSearch {
+ public:
+  CodebookSearch(const float* codebook, int64_t k, int64_t d);
+  // r: (rows, d) row-major. best_score (optional) receives the winning score.
+  void nearest(const float* r, int64_t rows, int64_t* best_idx, float* best_score) const;
+  CpuIsa isa() const { return isa_; }
+  int64_t k() const { return k_; }
+  int64_t d() const { return d_; }
+
+  // Internal layouts (nearest.cpp, nearest_avx512.cpp).
+  const float* codebook_;
+  int64_t k_, d_;
+  CpuIsa isa_;
+  std::vector<float> norms_;          // (k,) squared norms in fp32, padded to whole panels
+  std::vector<float> panels_;         // fp32 paths: (ceil(k/16), d, 16), zero-padded
+  std::vector<uint32_t> bf16_pairs_;  // AVX-512: (ceil(k/16), ceil(d/2), 16) bf16 pairs
+  double max_norm_ = 0.0;             // max_j ||c_j|| (the screen's error bound)
 };
-
-// Fills panels (panel_floats(k, d) floats) and norms (k floats) from a (k, d) row-major codebook.
-void prepare_codebook(const float* cb, int64_t k, int64_t d, float* panels, float* norms);
-
-// For each of `rows` rows of r (row-major, row stride d): the code with the smallest
-// ||c||^2 - 2 r.c (ties: lowest index; NaN scores never win; an all-NaN row gets 0).
-// best_score (optional) receives that score. Single-threaded; callers split rows.
-void nearest_codes(const float* r, int64_t rows, const PreparedCodebook& cb, int64_t* best_idx,
-                   float* best_score);
 
 // x: (n, d) row-major; codebooks: (levels, k, d) row-major.
 // Writes codes (n, levels) and, when residual != nullptr, the final residual (n, d).

@@ -3,6 +3,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <string>
+#include <vector>
+
 #include "../core/rq_assign.h"
 
 namespace {
@@ -32,10 +35,33 @@ std::tuple<at::Tensor, at::Tensor> rq_assign_cpu(const at::Tensor& x, const at::
   return {codes, residual.to(x.scalar_type())};
 }
 
+// The CPU nearest-code path (sse | avx2 | avx512) used by rq_assign and kmeans_step: "" only
+// reports [active, best]; a name makes that path active (an error if this CPU lacks it).
+std::vector<std::string> cpu_isa(const std::string& request) {
+  if (!request.empty()) {
+    onerec::CpuIsa want;
+    if (request == "sse") {
+      want = onerec::CpuIsa::kSse;
+    } else if (request == "avx2") {
+      want = onerec::CpuIsa::kAvx2;
+    } else if (request == "avx512") {
+      want = onerec::CpuIsa::kAvx512;
+    } else {
+      TORCH_CHECK(false, "cpu_isa: request must be '', 'sse', 'avx2' or 'avx512', got '",
+                  request, "'");
+    }
+    TORCH_CHECK(onerec::set_cpu_isa(want), "cpu_isa: this CPU does not support ", request,
+                " (best: ", onerec::cpu_isa_name(onerec::best_cpu_isa()), ")");
+  }
+  return {onerec::cpu_isa_name(onerec::active_cpu_isa()),
+          onerec::cpu_isa_name(onerec::best_cpu_isa())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(onerec_C, m) {
   m.def("rq_assign(Tensor x, Tensor codebooks, bool return_residual) -> (Tensor codes, Tensor residual)");
+  m.def("cpu_isa(str request) -> str[]", &cpu_isa);
 }
 
 TORCH_LIBRARY_IMPL(onerec_C, CPU, m) { m.impl("rq_assign", &rq_assign_cpu); }

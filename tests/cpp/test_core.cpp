@@ -75,12 +75,17 @@ static void test_ties_pick_lowest_index() {
 }
 
 int main() {
-  test_ties_pick_lowest_index();
-  test_rq_random(1, 3, 1, 1, 1, 1);
-  test_rq_random(7, 64, 2, 5, 2, 2);
-  test_rq_random(97, 100, 3, 33, 2, 3);
-  test_rq_random(300, 17, 3, 300, 4, 4);
-  onerec::rq_assign_cpu(nullptr, nullptr, 0, 8, 2, 4, nullptr, nullptr, 2);  // n == 0: no-op
+  // Every CPU path of the nearest-code search this machine supports.
+  for (const onerec::CpuIsa isa :
+       {onerec::CpuIsa::kSse, onerec::CpuIsa::kAvx2, onerec::CpuIsa::kAvx512}) {
+    if (!onerec::set_cpu_isa(isa)) continue;
+    test_ties_pick_lowest_index();
+    test_rq_random(1, 3, 1, 1, 1, 1);
+    test_rq_random(7, 64, 2, 5, 2, 2);
+    test_rq_random(97, 100, 3, 33, 2, 3);
+    test_rq_random(300, 17, 3, 300, 4, 4);
+    onerec::rq_assign_cpu(nullptr, nullptr, 0, 8, 2, 4, nullptr, nullptr, 2);  // n == 0: no-op
+  }
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;

@@ -10,6 +10,7 @@
 
 #include "core/kmeans.h"
 #include "check.h"
+#include "core/rq_assign.h"
 
 
 struct StepOut {
@@ -102,13 +103,18 @@ static void test_ties_pick_lowest_index() {
 }
 
 int main() {
-  test_empty_input();
-  test_ties_pick_lowest_index();
-  test_random(1, 3, 1, 1, 1, false);
-  test_random(7, 64, 5, 2, 2, true);
-  test_random(97, 100, 33, 2, 3, true);
-  test_random(1025, 17, 300, 4, 4, false);  // K > rows per worker, several workers
-  test_random(300, 9, 7, 8, 5, true);
+  // Every CPU path of the nearest-code search this machine supports.
+  for (const onerec::CpuIsa isa :
+       {onerec::CpuIsa::kSse, onerec::CpuIsa::kAvx2, onerec::CpuIsa::kAvx512}) {
+    if (!onerec::set_cpu_isa(isa)) continue;
+    test_empty_input();
+    test_ties_pick_lowest_index();
+    test_random(1, 3, 1, 1, 1, false);
+    test_random(7, 64, 5, 2, 2, true);
+    test_random(97, 100, 33, 2, 3, true);
+    test_random(1025, 17, 300, 4, 4, false);  // K > rows per worker, several workers
+    test_random(300, 9, 7, 8, 5, true);
+  }
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;
