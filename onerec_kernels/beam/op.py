@@ -83,8 +83,10 @@ def _validate_step(log_probs, beam_scores, beam_states, trie, level, beam_width)
         # under torch.compile (data-dependent) the kernels treat them as dead beams, which is
         # also what the reference does.
         num_nodes = trie.num_nodes(level)
-        bad = ((beam_states < -1) | (beam_states >= num_nodes)).nonzero()
-        if bad.numel():
+        # min/max first: nonzero() on every step cost ~1.3 ms at 64 x 128 (18 % of a search)
+        lo, hi = torch.aminmax(beam_states)
+        if lo < -1 or hi >= num_nodes:
+            bad = ((beam_states < -1) | (beam_states >= num_nodes)).nonzero()
             b, w = bad[0].tolist()
             raise ValueError(f"{OP}: beam_states[{b}, {w}] = {int(beam_states[b, w])} is not a "
                              f"node of depth {level} (expected -1 or [0, {num_nodes}))")
