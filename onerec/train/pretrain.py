@@ -328,6 +328,7 @@ def pretrain(model: OneRec, dataset: Dataset, semantic_ids, config: TrainConfig 
     bar = progress_bar(total=cfg.max_steps, initial=step, desc="pretrain", unit="step",
                        disable=not cfg.progress)
     stopped_early = False
+    postfix = {}  # the bar shows the latest of each: loss, tokens/s, imbalance, val recall
     tokens, train_seconds = 0, 0.0  # since the last metric line, validation excluded
     try:
         while step < cfg.max_steps and not stopped_early:
@@ -357,8 +358,9 @@ def pretrain(model: OneRec, dataset: Dataset, semantic_ids, config: TrainConfig 
                        "tokens_per_s": tokens / max(train_seconds, 1e-9),
                        "imbalance": expert_imbalance(model)}
                 tokens, train_seconds = 0, 0.0
-                bar.set_postfix(loss=f"{loss_v:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}",
-                                imb=f"{rec['imbalance']:.2f}")
+                postfix.update(loss=f"{loss_v:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}",
+                               imbalance=f"{rec['imbalance']:.2f}")
+                bar.set_postfix(postfix)
                 if out:
                     _append_jsonl(paths[METRICS], rec)
             if validator is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
@@ -375,7 +377,8 @@ def pretrain(model: OneRec, dataset: Dataset, semantic_ids, config: TrainConfig 
                     _append_jsonl(paths[METRICS], {"event": "valid", **m})
                     if improved:
                         save_checkpoint(paths[BEST], state_now())
-                bar.set_postfix(loss=f"{loss_v:.3f}", val_recall=f"{m['recall']:.3f}")
+                postfix[f"val_R@{cfg.eval_k}"] = f"{m['recall']:.3f}"
+                bar.set_postfix(postfix)
             if out and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                         or step == cfg.max_steps or stopped_early):
                 save_checkpoint(paths[LAST], state_now())
@@ -387,6 +390,18 @@ def pretrain(model: OneRec, dataset: Dataset, semantic_ids, config: TrainConfig 
     return TrainResult(step, losses, evals, best_step, best_recall, stopped_early,
                        paths.get(LAST), paths.get(BEST) if out and best_step else None,
                        time.perf_counter() - t_start)
+
+
+def load_trained(model: OneRec, path: str | os.PathLike, dataset: Dataset,
+                 semantic_ids) -> dict:
+    """Load the weights (and balancing bias) of checkpoint `path` (last.pt or best.pt) into
+    `model`, after checking it was trained with the model's config and these semantic IDs
+    (CheckpointError otherwise). Returns the checkpoint's step, evals and best_recall."""
+    codes = as_item_codes(semantic_ids, dataset.num_items)
+    state = load_checkpoint(path, model_config=model.config.to_dict(),
+                            tokenizer_checksum=codes_checksum(codes, model.config.codebook_sizes))
+    model.load_state_dict(state["model"])
+    return {k: state[k] for k in ("step", "evals", "best_step", "best_recall")}
 
 
 def plot_metrics(metrics_path: str | os.PathLike, png_path: str | os.PathLike) -> str:

@@ -19,7 +19,8 @@ from onerec.model.model import OneRec
 from onerec.model.moe import moe_layers
 from onerec.pipeline import build_semantic_ids
 from onerec.train import (CheckpointError, IncompleteCheckpoint, TrainConfig, Validator,
-                          load_checkpoint, plot_metrics, pretrain, save_checkpoint)
+                          load_checkpoint, load_trained, plot_metrics, pretrain,
+                          save_checkpoint)
 from onerec.train import checkpoint as ckpt_mod
 from onerec.train.pretrain import as_item_codes
 from onerec_kernels import SemanticIdTrie
@@ -91,6 +92,13 @@ def test_refuses_another_config_tokenizer_or_schedule(world, tmp_path):
         pretrain(fresh(cfg), ds, codes, replace(tc, lr=1e-4), resume=True)
     with pytest.raises(FileNotFoundError):
         pretrain(fresh(cfg), ds, codes, tc, resume=str(tmp_path / "nope.pt"))
+    model = fresh(cfg, seed=3)
+    info = load_trained(model, tmp_path / "last.pt", ds, codes)
+    saved = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert info["step"] == 1 and all(torch.equal(v, model.state_dict()[k])
+                                     for k, v in saved.items())
+    with pytest.raises(CheckpointError, match="another tokenizer"):
+        load_trained(model, tmp_path / "last.pt", ds, random_codes(ds.num_items, 2))
 
 
 def test_interrupted_save_never_loads_as_complete(world, tmp_path, monkeypatch):
@@ -191,12 +199,15 @@ def test_bad_settings():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_bf16_training_on_gpu(world, tmp_path):
+def test_bf16_and_compiled_training_on_gpu(world):
     ds, codes, cfg = world
     model = fresh(cfg).cuda()
     res = pretrain(model, ds, codes, TrainConfig(max_steps=20, eval_every=10, **FAST))
     assert all(np.isfinite(res.losses)) and res.losses[-1] < res.losses[0]
     assert all(e["legal_rate"] == 1.0 for e in res.evals)
+    compiled = pretrain(fresh(cfg).cuda(), ds, codes,
+                        TrainConfig(max_steps=4, eval_every=0, compile=True, **FAST))
+    assert all(np.isfinite(compiled.losses))
 
 
 def test_ml100k_tiny_beats_popularity():
