@@ -8,13 +8,14 @@ or the new one, never a mix), then the folder is fsync'ed (the rename itself sur
 A writer killed at any point leaves at worst a `.<name>.tmp-*` file, which no loader opens and
 the next save of the same target removes. A file truncated or corrupted by other means fails
 to load with `IncompleteCheckpoint` (torch's zip container keeps its directory at the end, and
-the payload carries its own format marker), and a checkpoint inside a result folder is also
-checked against that folder's manifest.
+the payload carries its own format marker), and a checkpoint that a result folder's manifest
+lists is also checked against it.
 """
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import random
 import tempfile
@@ -22,7 +23,7 @@ import tempfile
 import numpy as np
 import torch
 
-from onerec.results import IncompleteResultFolder, verify_result_file
+from onerec.results import MANIFEST, IncompleteResultFolder, verify_result_file
 
 FORMAT = "onerec-train-checkpoint"
 FORMAT_VERSION = 1
@@ -89,6 +90,18 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
             os.close(dfd)
 
 
+def _listed_in_manifest(path: str) -> bool:
+    """Whether the result-folder manifest beside `path` lists it. A checkpoint that training
+    wrote by itself into a result folder (say `--out`, beside a published tokenizer) is not
+    listed and is checked on its own (it was renamed into place whole)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    try:
+        with open(os.path.join(folder, MANIFEST)) as f:
+            return name in json.load(f).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def load_checkpoint(path: str | os.PathLike, *, model_config: dict | None = None,
                     tokenizer_checksum: str | None = None) -> dict:
     """The state saved by `save_checkpoint`, after checking it is complete and, when given,
@@ -97,10 +110,11 @@ def load_checkpoint(path: str | os.PathLike, *, model_config: dict | None = None
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        verify_result_file(path)
-    except IncompleteResultFolder as exc:
-        raise IncompleteCheckpoint(f"checkpoint {path}: {exc}") from None
+    if _listed_in_manifest(path):  # published by a ResultFolder: its sha256 must match too
+        try:
+            verify_result_file(path)
+        except IncompleteResultFolder as exc:
+            raise IncompleteCheckpoint(f"checkpoint {path}: {exc}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated zip, garbage, not a torch file

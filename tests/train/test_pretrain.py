@@ -131,6 +131,23 @@ def test_interrupted_save_never_loads_as_complete(world, tmp_path, monkeypatch):
         load_checkpoint(path)
 
 
+def test_checkpoint_in_a_result_folder(tmp_path):
+    """Written by training beside a published result folder's files it loads on its own;
+    published through the folder, it is checked against the manifest as well."""
+    from onerec.results import ResultFolder
+
+    with ResultFolder(tmp_path / "out", command="test") as out:
+        open(out.path("tokenizer.rqk"), "w").write("x")
+    save_checkpoint(tmp_path / "out" / "last.pt", {"step": 4})
+    assert load_checkpoint(tmp_path / "out" / "last.pt")["step"] == 4
+    with ResultFolder(tmp_path / "pub", command="test") as out:
+        save_checkpoint(out.path("best.pt"), {"step": 5})
+    assert load_checkpoint(tmp_path / "pub" / "best.pt")["step"] == 5
+    save_checkpoint(tmp_path / "pub" / "best.pt", {"step": 6})  # not what the manifest lists
+    with pytest.raises(IncompleteCheckpoint, match="does not match manifest.json"):
+        load_checkpoint(tmp_path / "pub" / "best.pt")
+
+
 def test_killed_writer_leaves_the_old_or_the_new_checkpoint(tmp_path):
     """A real SIGKILL at random moments of a writer that saves over and over: every time, the
     file at the final name loads complete and consistent (never partial)."""
@@ -166,10 +183,10 @@ def test_killed_writer_leaves_the_old_or_the_new_checkpoint(tmp_path):
 
 def test_grad_accumulation_equals_the_larger_batch(world):
     ds, codes, cfg = world
-    base = dict(FAST, batch_size=8)
+    small = dict(FAST, batch_size=8, max_steps=1, eval_every=0)
     m1, m2 = fresh(cfg), fresh(cfg)
-    r1 = pretrain(m1, ds, codes, TrainConfig(max_steps=1, eval_every=0, **dict(base, batch_size=16)))
-    r2 = pretrain(m2, ds, codes, TrainConfig(max_steps=1, eval_every=0, grad_accum=2, **base))
+    r1 = pretrain(m1, ds, codes, TrainConfig(**dict(small, batch_size=16)))
+    r2 = pretrain(m2, ds, codes, TrainConfig(grad_accum=2, **small))
     assert r1.losses[0] == pytest.approx(r2.losses[0], rel=1e-5)
     for (n, p), q in zip(m1.named_parameters(), m2.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
