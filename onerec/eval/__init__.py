@@ -7,6 +7,13 @@
 """
 from __future__ import annotations
 
+from .baselines import (CooccurrenceRanker, EvalQueries, HistoryPriorRanker, PopularityRanker,
+                        baseline_rankers, compare_rankers, default_exclude_consumed,
+                        eval_queries, format_table, rank_by_scores)
 from .metrics import KS, evaluate_ranking, hit_ranks, ranking_metrics
+from .sasrec import SASRec, SASRecRanker, train_sasrec
 
-__all__ = ["KS", "evaluate_ranking", "hit_ranks", "ranking_metrics"]
+__all__ = ["KS", "evaluate_ranking", "hit_ranks", "ranking_metrics", "EvalQueries",
+           "eval_queries", "rank_by_scores", "PopularityRanker", "CooccurrenceRanker",
+           "HistoryPriorRanker", "SASRec", "SASRecRanker", "train_sasrec", "baseline_rankers",
+           "compare_rankers", "default_exclude_consumed", "format_table"]
