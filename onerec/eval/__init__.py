@@ -11,9 +11,10 @@ from .baselines import (CooccurrenceRanker, EvalQueries, HistoryPriorRanker, Pop
                         baseline_rankers, compare_rankers, default_exclude_consumed,
                         eval_queries, format_table, rank_by_scores)
 from .metrics import KS, evaluate_ranking, hit_ranks, ranking_metrics
+from .model_ranker import OneRecRanker
 from .sasrec import SASRec, SASRecRanker, train_sasrec
 
 __all__ = ["KS", "evaluate_ranking", "hit_ranks", "ranking_metrics", "EvalQueries",
            "eval_queries", "rank_by_scores", "PopularityRanker", "CooccurrenceRanker",
-           "HistoryPriorRanker", "SASRec", "SASRecRanker", "train_sasrec", "baseline_rankers",
+           "HistoryPriorRanker", "OneRecRanker", "SASRec", "SASRecRanker", "train_sasrec", "baseline_rankers",
            "compare_rankers", "default_exclude_consumed", "format_table"]

@@ -102,3 +102,24 @@ def test_compare_rankers_table(small_synth):
     assert table["default_protocol"] in ("exclude", "keep")
     md = table["markdown"]
     assert md.count("\n| ") == 1 + len(rows) and "history prior" in md and "(default)" in md
+
+
+def test_onerec_ranker_untrained_tiny_model(small_synth):
+    from onerec.model.config import OneRecConfig
+    from onerec.model.model import OneRec
+    from onerec.eval import OneRecRanker
+    from onerec_kernels import SemanticIdTrie
+
+    ds, K = small_synth, 8
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randperm(K ** 3, generator=gen)[:ds.num_items]
+    item_codes = torch.stack([codes // K ** 2, codes // K % K, codes % K], dim=1)
+    cfg = OneRecConfig.preset("tiny", lifelong_len=10_000).for_data((K, K, K), ds)
+    torch.manual_seed(0)
+    ranker = OneRecRanker(OneRec(cfg), ds, item_codes, SemanticIdTrie(item_codes, K),
+                          batch_size=16)
+    table = compare_rankers(ds, {"onerec": ranker}, max_users=24)
+    rows = {r["protocol"]: r for r in table["rows"]}
+    assert rows["exclude"]["consumed_share"] == 0.0 and rows["keep"]["users"] == 24
+    for r in rows.values():
+        assert r["legal_rate"] == 1.0 and r["filled_rate"] == 1.0
