@@ -95,20 +95,28 @@ def plan_exclusion(trie: SemanticIdTrie, exclude_offsets: torch.Tensor,
 
 
 def mask_excluded(log_probs: torch.Tensor, states: torch.Tensor, plan: ExclusionPlan,
-                  level: int) -> torch.Tensor:
+                  level: int, num_nodes: int) -> torch.Tensor:
     """log_probs (B, W, V) with -inf at every child whose items are all excluded for its user.
 
-    states: (B, W) int64 depth-`level` trie nodes of the beams (-1: dead)."""
+    states: (B, W) int64 depth-`level` trie nodes of the beams (-1: dead); num_nodes: the
+    number of depth-`level` nodes. Extra memory is O(T + B * W * V) int32 (the size of
+    log_probs), never O(T * W)."""
     B, W, V = log_probs.shape
+    dev = states.device
     dump = B * W * V
-    beam_state = states[plan.user]  # (T, W): the beams of each entry's user
-    match = (beam_state == plan.ancestor[level][:, None]) & plan.live[:, None]
-    slot = (plan.user[:, None] * W + torch.arange(W, device=states.device)) * V \
-        + plan.token[level][:, None]
-    slot = torch.where(match, slot, dump).reshape(-1)
-    hits = torch.zeros(dump + 1, dtype=torch.int64, device=states.device)
-    hits.scatter_add_(0, slot, torch.ones_like(slot))
-    size = torch.zeros(dump + 1, dtype=torch.int64, device=states.device)
-    size.scatter_reduce_(0, slot, plan.leaves[level][:, None].expand(-1, W).reshape(-1), "amax")
+    # A user's live beams hold distinct nodes, so each entry matches at most one beam: find it
+    # by binary search over the (user, node) keys of all beams.
+    stride = num_nodes + 1  # node + 1 in [0, stride): dead beams (-1) take 0, nodes never do
+    beam_key = (torch.arange(B, device=dev)[:, None] * stride + states.clamp(min=-1) + 1).reshape(-1)
+    sorted_key, beam_of = torch.sort(beam_key)
+    entry_key = plan.user * stride + plan.ancestor[level] + 1
+    pos = torch.searchsorted(sorted_key, entry_key).clamp(max=max(B * W - 1, 0))
+    found = (sorted_key[pos] == entry_key) & plan.live if B * W else plan.live & False
+    slot = torch.where(found, beam_of[pos] * V + plan.token[level], dump) if B * W else \
+        torch.full_like(plan.user, dump)
+    hits = torch.zeros(dump + 1, dtype=torch.int32, device=dev)
+    hits.scatter_add_(0, slot, torch.ones_like(slot, dtype=torch.int32))
+    size = torch.zeros(dump + 1, dtype=torch.int32, device=dev)
+    size.scatter_reduce_(0, slot, plan.leaves[level].to(torch.int32), "amax")
     full = ((hits >= size) & (hits > 0))[:dump].view(B, W, V)
     return log_probs.masked_fill(full, float("-inf"))

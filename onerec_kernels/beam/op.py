@@ -220,7 +220,7 @@ def constrained_beam_search(
             if from_logits:
                 log_probs = torch.log_softmax(log_probs.float(), dim=-1)
                 step_from_logits = False
-            log_probs = mask_excluded(log_probs, states, plan, level)
+            log_probs = mask_excluded(log_probs, states, plan, level, trie.num_nodes(level))
         scores, parents, tokens, states = trie_beam_search_step(
             log_probs, scores, states, trie, level, beam_width, from_logits=step_from_logits,
             backend=backend)
