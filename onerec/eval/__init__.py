@@ -16,5 +16,6 @@ from .sasrec import SASRec, SASRecRanker, train_sasrec
 
 __all__ = ["KS", "evaluate_ranking", "hit_ranks", "ranking_metrics", "EvalQueries",
            "eval_queries", "rank_by_scores", "PopularityRanker", "CooccurrenceRanker",
-           "HistoryPriorRanker", "OneRecRanker", "SASRec", "SASRecRanker", "train_sasrec", "baseline_rankers",
+           "HistoryPriorRanker", "OneRecRanker", "SASRec", "SASRecRanker", "train_sasrec",
+           "baseline_rankers",
            "compare_rankers", "default_exclude_consumed", "format_table"]

@@ -47,7 +47,8 @@ def check_exclusion(op: str, exclude_offsets, exclude_items, batch_size: int,
                          f"got {tuple(exclude_offsets.shape)}")
     for name, t in (("exclude_offsets", exclude_offsets), ("exclude_items", exclude_items)):
         if t.device != device:
-            raise ValueError(f"{op}: {name} must be on the trie's device ({device}), got {t.device}")
+            raise ValueError(f"{op}: {name} must be on the trie's device ({device}), "
+                             f"got {t.device}")
     if device.type == "cpu":
         o = exclude_offsets
         if int(o[0]) != 0 or int(o[-1]) != exclude_items.shape[0] or bool((o[1:] < o[:-1]).any()):
@@ -69,7 +70,8 @@ def plan_exclusion(trie: SemanticIdTrie, exclude_offsets: torch.Tensor,
     item_sorted, leaf_of_sorted = torch.sort(trie.leaf_items)
     n = item_sorted.numel()
     pos = torch.searchsorted(item_sorted, exclude_items).clamp(max=max(n - 1, 0))
-    known = (item_sorted[pos] == exclude_items) if n else torch.zeros_like(exclude_items, dtype=torch.bool)
+    known = (item_sorted[pos] == exclude_items) if n else \
+        torch.zeros_like(exclude_items, dtype=torch.bool)
     leaf = leaf_of_sorted[pos] if n else torch.zeros_like(exclude_items)
     # Duplicates of one (user, item) would be counted twice against the subtree size.
     key = user * (n + 1) + torch.where(known, leaf, n)
@@ -107,7 +109,8 @@ def mask_excluded(log_probs: torch.Tensor, states: torch.Tensor, plan: Exclusion
     # A user's live beams hold distinct nodes, so each entry matches at most one beam: find it
     # by binary search over the (user, node) keys of all beams.
     stride = num_nodes + 1  # node + 1 in [0, stride): dead beams (-1) take 0, nodes never do
-    beam_key = (torch.arange(B, device=dev)[:, None] * stride + states.clamp(min=-1) + 1).reshape(-1)
+    beam_key = (torch.arange(B, device=dev)[:, None] * stride
+                + states.clamp(min=-1) + 1).reshape(-1)
     sorted_key, beam_of = torch.sort(beam_key)
     entry_key = plan.user * stride + plan.ancestor[level] + 1
     pos = torch.searchsorted(sorted_key, entry_key).clamp(max=max(B * W - 1, 0))
