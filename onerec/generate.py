@@ -58,6 +58,10 @@ def recency_weights(lengths: np.ndarray, width: int, half_life: float = 10.0) ->
 
 
 def generate(trie: SemanticIdTrie, step_fn, batch_size: int, beam_width: int, *,
-             backend: str | None = None) -> BeamSearchResult:
-    """Thin wrapper: the top `beam_width` items per user, legal by construction."""
-    return constrained_beam_search(step_fn, trie, batch_size, beam_width, backend=backend)
+             backend: str | None = None, exclude_offsets: torch.Tensor | None = None,
+             exclude_items: torch.Tensor | None = None) -> BeamSearchResult:
+    """Thin wrapper: the top `beam_width` items per user, legal by construction; with the
+    packed exclusion set (exclude_offsets (B + 1,), exclude_items (T,)) never one of the user's
+    excluded items, still `beam_width` of them when the catalogue has enough."""
+    return constrained_beam_search(step_fn, trie, batch_size, beam_width, backend=backend,
+                                   exclude_offsets=exclude_offsets, exclude_items=exclude_items)

@@ -117,9 +117,11 @@ class GenerationResult:
 
 def generate_for_split(dataset: Dataset, sids: SemanticIds, trie: SemanticIdTrie, *,
                        split: str = "test", beam_width: int = 32, history: int = 64,
-                       max_users: int | None = None, backend: str | None = None) -> GenerationResult:
+                       max_users: int | None = None, backend: str | None = None,
+                       exclude_history: bool = False) -> GenerationResult:
     """Generate `beam_width` items per user of `split` from their earlier history (HistoryCodePrior)
-    and measure recall@beam_width of the held-out item."""
+    and measure recall@beam_width of the held-out item. exclude_history: never recommend an
+    item of the user's whole earlier history (masked inside the constrained search)."""
     users, targets, times = dataset.targets(split)
     if max_users is not None:
         if isinstance(max_users, bool) or not isinstance(max_users, (int, np.integer)) \
@@ -144,7 +146,11 @@ def generate_for_split(dataset: Dataset, sids: SemanticIds, trie: SemanticIdTrie
     dev = trie.device
     model = HistoryCodePrior(hist_codes.to(dev), weights.to(dev), [p.to(dev) for p in popularity])
     t0 = time.perf_counter()
-    result = generate(trie, model, len(users), beam_width, backend=backend)
+    exclude = {}
+    if exclude_history:
+        full = build_pathways(dataset, users, times, short_len=0, positive_len=0).lifelong
+        exclude = {"exclude_offsets": full.offsets.to(dev), "exclude_items": full.item.to(dev)}
+    result = generate(trie, model, len(users), beam_width, backend=backend, **exclude)
     seconds = time.perf_counter() - t0
     items = result.item_ids.cpu()
     finite = torch.isfinite(result.scores.cpu())
@@ -160,4 +166,4 @@ def generate_for_split(dataset: Dataset, sids: SemanticIds, trie: SemanticIdTrie
     in_history = (items[:, :, None] == hist_items[:, None, :]).any(-1) & live
     history_share = in_history.sum().item() / max(int(live.sum()), 1)
     return GenerationResult(users, targets, items, recall, legal, seconds, popularity_recall,
-                            history_share)
+                            history_share, exclude_history)

@@ -34,6 +34,9 @@ class Items:
         names in `categorical_names` (MovieLens: release decade; synthetic: creator, length bucket).
     cluster: (I,) int64 or None -- ground-truth latent cluster (synthetic only; never used as a
         feature, only by tests and reports).
+    has_content: False when the source has no item metadata (seqrec-json without its item
+        file): the content features are then empty placeholders and item embeddings are
+        collaborative only.
     """
     ids: np.ndarray
     titles: list[str]
@@ -43,6 +46,7 @@ class Items:
     categorical_names: list[str]
     categorical_cardinalities: list[int]
     cluster: np.ndarray | None = None
+    has_content: bool = True
 
     def __post_init__(self) -> None:
         n = self.ids.shape[0]

@@ -358,6 +358,12 @@ def build_item_embeddings(dataset: Dataset, *, dim: int = 64, fusion: str = "con
                              f"got {v!r}")
     if dataset.num_items < 2:
         raise ValueError(f"build_item_embeddings: need at least 2 items, got {dataset.num_items}")
+    if not dataset.items.has_content:
+        # No item metadata (seqrec-json without its item file): nothing to fuse.
+        if fusion == "content":
+            raise ValueError(f"build_item_embeddings: {dataset.name} has no item content; "
+                             f"fusion='content' is impossible, use 'collaborative'")
+        fusion = "collaborative"
 
     inter = dataset.interactions
     rng = np.random.default_rng(seed)
@@ -370,11 +376,15 @@ def build_item_embeddings(dataset: Dataset, *, dim: int = 64, fusion: str = "con
     fit_pairs = co_engaged_pairs(dataset, fit_rows, window=window)
     eval_pairs = np.unique(co_engaged_pairs(dataset, eval_rows, window=window), axis=0)
 
-    content = content_features(dataset, dim, seed=seed, text_encoder=text_encoder)
     collab = collaborative_features(fit_pairs, dataset.num_items, dim, seed=seed)
-    half = dim // 2
-    concat = np.hstack([_l2n(content[:, :half]), _l2n(collab[:, :dim - half])]) / np.sqrt(2.0)
-    variants = {"content": content, "collaborative": collab, "concat": concat.astype(np.float32)}
+    if dataset.items.has_content:
+        content = content_features(dataset, dim, seed=seed, text_encoder=text_encoder)
+        half = dim // 2
+        concat = np.hstack([_l2n(content[:, :half]), _l2n(collab[:, :dim - half])]) / np.sqrt(2.0)
+        variants = {"content": content, "collaborative": collab,
+                    "concat": concat.astype(np.float32)}
+    else:
+        variants = {"collaborative": collab}
     report: dict = {"fusion": fusion, "dim": dim, "k": k, "train_pairs": int(fit_pairs.shape[0]),
                     "eval_pairs": int(eval_pairs.shape[0]), "holdout_users": n_hold,
                     "cold_items": int(dataset.num_items - np.unique(fit_pairs).shape[0])}
@@ -391,7 +401,7 @@ def build_item_embeddings(dataset: Dataset, *, dim: int = 64, fusion: str = "con
         report["loss_last"] = float(np.mean(losses[-20:])) if losses else float("nan")
     recall = {name: neighbour_recall(v, eval_pairs, k) for name, v in variants.items()}
     report[f"recall@{k}"] = recall
-    report["recall_gain"] = recall[fusion] - recall["content"]
+    report["recall_gain"] = recall[fusion] - recall.get("content", float("nan"))
     report["seconds"] = time.perf_counter() - t0
     return _l2n(variants[fusion]), report
 

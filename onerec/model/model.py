@@ -90,10 +90,14 @@ class OneRec(nn.Module):
 
     @torch.no_grad()
     def recommend(self, batch: EncoderBatch, trie: SemanticIdTrie, beam_width: int, *,
-                  backend: str | None = None) -> BeamSearchResult:
+                  backend: str | None = None, exclude_offsets: torch.Tensor | None = None,
+                  exclude_items: torch.Tensor | None = None) -> BeamSearchResult:
         """The top beam_width items per user, legal by construction: BeamSearchResult with
         codes (B, W, L), scores (B, W) summed log-probs, item_ids (B, W), best first (-1 /
-        -inf where the catalogue has fewer items than W). backend: of the beam-search step."""
+        -inf where the catalogue has fewer items than W). backend: of the beam-search step.
+        exclude_offsets (B + 1,) / exclude_items (T,) int64: optional packed per-user items
+        never to return (e.g. `pathways.lifelong.offsets` / `.item`), masked inside the search
+        (see `constrained_beam_search`)."""
         if not isinstance(trie, SemanticIdTrie):
             raise TypeError(f"OneRec.recommend: trie must be a SemanticIdTrie, got "
                             f"{type(trie).__name__}")
@@ -102,7 +106,8 @@ class OneRec(nn.Module):
                              f"not the model's {self.config.codebook_sizes}")
         enc = self.encode(batch)
         return constrained_beam_search(self.step_fn(enc), trie, batch.batch_size, beam_width,
-                                       backend=backend)
+                                       backend=backend, exclude_offsets=exclude_offsets,
+                                       exclude_items=exclude_items)
 
 
 class BeamStepper:

@@ -21,6 +21,7 @@ import torch
 
 from .. import _backend, _native
 from .._checks import FLOATS, check_tensor
+from .exclusion import check_exclusion, mask_excluded, plan_exclusion
 from .reference import trie_beam_step_reference
 from .trie import SemanticIdTrie
 
@@ -163,6 +164,8 @@ def constrained_beam_search(
     *,
     from_logits: bool = False,
     backend: str | None = None,
+    exclude_offsets: torch.Tensor | None = None,
+    exclude_items: torch.Tensor | None = None,
 ) -> BeamSearchResult:
     """Beam search over the trie's L levels; every sequence with a finite score is an item.
 
@@ -172,6 +175,15 @@ def constrained_beam_search(
     parent_beams (B, W_in) int64, each beam's parent among the previous step's beams (None at
     the first step), to reorder a KV cache; it returns (B, W_in, V_t) log-probs (logits when
     from_logits) on the trie's device. W_in = beam_width after the first step.
+
+    exclude_offsets (B + 1,) int64 / exclude_items (T,) int64 (optional, on the trie's device):
+    a packed per-user set of item ids that must not be returned (user b's are
+    exclude_items[exclude_offsets[b]:exclude_offsets[b + 1]]; ids absent from the trie are
+    ignored). It is applied inside the search, never as a post-filter: before every step, the
+    children whose items are all excluded for the user get log-prob -inf (see
+    `beam/exclusion.py`), so each user still gets `beam_width` allowed items whenever the
+    catalogue has that many. With from_logits the masked levels take a log_softmax first, so
+    the allowed children keep their unmasked scores.
 
     No host synchronization happens between or inside steps on CUDA (shapes are static), so
     the whole search can be captured in a CUDA graph. Returns a BeamSearchResult.
@@ -188,6 +200,11 @@ def constrained_beam_search(
         raise ValueError(f"constrained_beam_search: beam_width must be >= 1, got {beam_width}")
     dev = trie.device
     B = batch_size
+    plan = None
+    if exclude_offsets is not None or exclude_items is not None:
+        check_exclusion("constrained_beam_search", exclude_offsets, exclude_items, B, dev)
+        if trie.num_items and exclude_items.numel():
+            plan = plan_exclusion(trie, exclude_offsets, exclude_items)
     scores = torch.zeros((B, 1), dtype=torch.float32, device=dev)
     states = torch.zeros((B, 1), dtype=torch.int64, device=dev)  # the root
     codes = torch.zeros((B, 1, 0), dtype=torch.int64, device=dev)
@@ -200,8 +217,14 @@ def constrained_beam_search(
             got = tuple(log_probs.shape) if isinstance(log_probs, torch.Tensor) else type(log_probs).__name__
             raise ValueError(f"constrained_beam_search: step_fn must return (B, W_in, V_{level}) = "
                              f"{want} log-probs at step {level}, got {got}")
+        step_from_logits = from_logits
+        if plan is not None:
+            if from_logits:
+                log_probs = torch.log_softmax(log_probs.float(), dim=-1)
+                step_from_logits = False
+            log_probs = mask_excluded(log_probs, states, plan, level, trie.num_nodes(level))
         scores, parents, tokens, states = trie_beam_search_step(
-            log_probs, scores, states, trie, level, beam_width, from_logits=from_logits,
+            log_probs, scores, states, trie, level, beam_width, from_logits=step_from_logits,
             backend=backend)
         codes = torch.cat([codes.gather(1, parents[..., None].expand(B, beam_width, level)),
                            tokens[..., None]], dim=2)

@@ -39,3 +39,15 @@ def test_history_prior_is_normalized_and_search_returns_items():
 def test_history_prior_rejects_zero_smoothing():
     with pytest.raises(ValueError, match="smoothing must be > 0"):
         _setup(smoothing=0.0)
+
+
+def test_generate_excludes_history_items_and_keeps_k():
+    trie, hist, model = _setup()
+    items = trie.lookup(hist.clamp(min=0).reshape(-1, 3)).reshape(hist.shape[:2])
+    items[hist[..., 0] < 0] = -1  # padding rows
+    rows = [items[b][items[b] >= 0] for b in range(3)]
+    offsets = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)
+    res = generate(trie, model, 3, 8, exclude_offsets=offsets, exclude_items=torch.cat(rows))
+    for b in range(3):
+        assert torch.all(res.item_ids[b] >= 0)  # still 8 real items
+        assert not set(res.item_ids[b].tolist()) & set(rows[b].tolist())
