@@ -168,7 +168,7 @@ def check_tokenize(args: argparse.Namespace, stack: contextlib.ExitStack) -> dic
     return {"device": dev, "backend": backend, "out": out}
 
 
-def _tokenize(args: argparse.Namespace, plan: dict):
+def _tokenize(args: argparse.Namespace, plan: dict, *, commit: bool = True):
     from onerec.data import load_dataset
     from onerec.data.embeddings import format_report
     from onerec.pipeline import build_semantic_ids, save_semantic_ids
@@ -193,9 +193,14 @@ def _tokenize(args: argparse.Namespace, plan: dict):
           f"{sids.seconds['tokenizer']:.1f} s]")
     if out is not None:
         save_semantic_ids(sids, out)
-        names = out.commit()
-        print(f"saved {', '.join(names)} and manifest.json to {args.out}")
+        if commit:
+            _publish(args, out)
     return ds, sids
+
+
+def _publish(args: argparse.Namespace, out) -> None:
+    names = out.commit()
+    print(f"saved {', '.join(names)} and manifest.json to {args.out}")
 
 
 def cmd_tokenize(args: argparse.Namespace, plan: dict) -> int:
@@ -214,30 +219,61 @@ def check_run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
 
 
 def cmd_run(args: argparse.Namespace, plan: dict) -> int:
-    """The main job on the chosen data (default: the embedded synthetic generator): tokenizer,
-    trie, and trie-constrained generation for the held-out users (recall of their test item)."""
-    import onerec_kernels as ok
-    from onerec.pipeline import build_trie, generate_for_split
+    """The main job on the chosen data (default: the embedded synthetic generator): item
+    embeddings, tokenizer, trie, pretraining of the tiny OneRec model, its evaluation against the
+    baselines on the held-out users (side-by-side table, both protocols), and a few users'
+    recommendations with their semantic IDs."""
+    import json
 
-    dev, beam_backend = plan["device"], plan["beam_backend"]
+    import onerec_kernels as ok
+    from onerec.main_job import (evaluate_against_baselines, recommend_examples, train_model,
+                                 train_out_dir)
+    from onerec.pipeline import build_trie
+
+    dev, beam_backend, out = plan["device"], plan["beam_backend"], plan["out"]
     print(f"onerec run: data={args.data} device={dev} native={ok.native_available()} "
           f"beam backend={beam_backend}")
-    ds, sids = _tokenize(args, plan)
+    ds, sids = _tokenize(args, plan, commit=False)
     trie = build_trie(sids, dev)
     print(f"trie: {trie.num_items} items, levels {trie.num_levels}, "
           f"max branching {[trie.max_branching(t) for t in range(trie.num_levels)]}")
-    gen = generate_for_split(ds, sids, trie, split="test", beam_width=args.beam_width,
-                             max_users=args.max_users, backend=beam_backend)
-    users, w = len(gen.users), args.beam_width
-    print(f"generation: {users} users x {w} beams in {gen.seconds * 1e3:.1f} ms "
-          f"(history-code prior as the model; backend={beam_backend}); "
-          f"legal items {gen.legal_fraction:.1%}")
-    print(f"recall@{w} of the held-out item {gen.recall:.3f}  vs  popularity baseline "
-          f"(top-{w} train items) {gen.popularity_recall:.3f}; history items "
-          f"{'excluded' if gen.excludes_history else 'not excluded'} "
-          f"({gen.history_share:.1%} of generated items are in the user's history)")
-    for u, tgt, row in list(zip(gen.users, gen.targets, gen.item_ids.tolist()))[:3]:
-        print(f"  user {u}: held-out item {tgt}; generated {row[:8]}...")
+    print(f"training: tiny OneRec, {args.steps} steps of {args.batch_size} contexts "
+          f"(device={dev})")
+    trained = train_model(ds, sids, trie, steps=args.steps, batch_size=args.batch_size,
+                          seed=args.seed, device=dev,
+                          out_dir=train_out_dir(out) if out is not None else None,
+                          progress=sys.stderr.isatty())
+    res = trained.result
+    params = sum(p.numel() for p in trained.model.parameters())
+    print(f"  {params / 1e3:.0f}k parameters; loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f} "
+          f"in {res.seconds:.1f} s")
+    print("evaluation: full-catalogue leave-one-out on the test split"
+          + (" (SASRec trains first)" if args.sasrec else ""))
+    table = evaluate_against_baselines(ds, sids, trie, trained, max_users=args.max_users,
+                                       sasrec=args.sasrec, seed=args.seed,
+                                       beam_backend=beam_backend)
+    if args.sasrec:
+        rep = table["sasrec_train"]
+        print(f"sasrec: {rep['epochs']} epochs in {rep['seconds']:.1f} s, loss "
+              f"{rep['loss'][0]:.3f} -> {rep['loss'][-1]:.3f}")
+    print(table["markdown"])
+    rows = [r for r in table["rows"] if r["model"] == "onerec"]
+    legal = min(r["legal_rate"] for r in rows)
+    print(f"generation: {table['users']} users, OneRec trie-constrained beam search "
+          f"(backend={beam_backend}) in {sum(r['seconds'] for r in rows):.1f} s; "
+          f"legal items {legal:.1%}")
+    exclude = table["default_protocol"] == "exclude"
+    print(f"recommendations (beam width {args.beam_width}, {table['default_protocol']} "
+          f"protocol; first 5 as item id [semantic ID]):")
+    for ex in recommend_examples(ds, trained, trie, k=args.beam_width, exclude=exclude,
+                                 beam_backend=beam_backend):
+        items = ", ".join(f"{i} {list(c)}" for i, c in ex["items"][:5])
+        print(f"  user {ex['user']}: held-out item {ex['target']}; recommended {items}")
+    if out is not None:
+        with open(out.path("eval.json"), "w") as f:
+            json.dump({k: v for k, v in table.items() if k != "markdown"}, f, indent=1,
+                      default=float)
+        _publish(args, out)
     return 0
 
 
@@ -309,13 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_args(tok)
 
     run = command("run", cmd_run, check_run,
-                  "the main job: tokenizer, trie, constrained generation, recall")
+                  "the main job: semantic IDs, training, evaluation vs baselines")
     common(run, kmeans_op.SUPPORTED)
     tokenizer_args(run)
     run.add_argument("--beam-width", type=positive, default=32,
-                     help="beams per user = items generated per user (recall@this)")
+                     help="beams per example user's search (the evaluation's is 20, its largest "
+                          "cutoff)")
     run.add_argument("--max-users", type=positive, default=None,
-                     help="score only the first this many held-out users (default: all)")
+                     help="evaluate only the first this many held-out users (default: all)")
+    run.add_argument("--steps", type=positive, default=400,
+                     help="training steps of the tiny OneRec model")
+    run.add_argument("--batch-size", type=positive, default=64,
+                     help="training contexts per step")
+    run.add_argument("--sasrec", action="store_true",
+                     help="add SASRec (briefly trained) to the baselines")
     run.add_argument("--beam-backend", default=None, choices=beam_op.SUPPORTED,
                      help="beam-search backend (default: the fastest available on --device)")
     return p

@@ -42,6 +42,8 @@ def _err(capsys) -> str:
     (["run", "--max-users", "0"], "argument --max-users: must be >= 1, got 0"),
     # item 8
     (["run", "--beam-width", "0"], "argument --beam-width: must be >= 1, got 0"),
+    (["run", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
+    (["run", "--batch-size", "x"], "argument --batch-size: expected an integer, got 'x'"),
     (["tokenize", "--backend", "cuda"], "argument --backend: invalid choice: 'cuda'"),
     (["tokenize", "--data", "ml-100k-bogus:/tmp"], "unknown spec 'ml-100k-bogus:/tmp'"),
     (["tokenize", "--data", "ml-100k:/no/such/folder"], "/no/such/folder is not a folder"),
@@ -198,23 +200,26 @@ def test_help_has_a_line_per_option_and_subcommand_with_defaults(capsys):
         assert name in out
 
 
-# -- item 11: the baseline beside the headline --------------------------------------------
+# -- item 11: the baselines beside the headline -------------------------------------------
 def test_run_prints_the_popularity_baseline_and_history_policy(monkeypatch, capsys):
     ds = _small_synthetic(monkeypatch)
     argv = ["run", "--device", "cpu", "--dim", "16", "--levels", "2", "--codebook-size", "32",
-            "--iters", "3", "--beam-width", "8", "--max-users", "40"]
+            "--iters", "3", "--beam-width", "8", "--max-users", "40", "--steps", "2"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    line = next(s for s in out.splitlines() if s.startswith("recall@8 of the held-out item"))
-    assert "popularity baseline (top-8 train items)" in line
-    assert "history items not excluded" in line and "of generated items are in the user's" in line
-    # the baseline printed is the brute-force one
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in out.splitlines()
+            if line.startswith("| ")}
+    # both protocols (history items excluded / kept) for the popularity baseline and OneRec
+    for model in ("popularity", "onerec"):
+        assert {p.split()[0] for m, p in rows if m == model} == {"exclude", "keep"}
+    # the popularity recall@20 printed (keep protocol) is the brute-force one
     users, targets, _ = ds.targets("test")
     train_items = ds.interactions.item[ds.split.train]
     counts = torch.bincount(torch.as_tensor(train_items), minlength=ds.num_items)
-    top = set(torch.sort(counts, descending=True, stable=True).indices[:8].tolist())
+    top = set(torch.sort(counts, descending=True, stable=True).indices[:20].tolist())
     expected = sum(int(t) in top for t in targets[:40]) / 40
-    assert f"popularity baseline (top-8 train items) {expected:.3f}" in line
+    keep = next(v for (m, p), v in rows.items() if m == "popularity" and p.startswith("keep"))
+    assert float(keep.split("|")[6]) == pytest.approx(expected, abs=1e-4)  # recall@20 column
 
 
 def test_rq_with_fewer_points_than_codes_runs(capsys):
