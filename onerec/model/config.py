@@ -40,6 +40,9 @@ class OneRecConfig:
     item_cardinalities: tuple[int, ...] = ()  # item categorical features (author, category, ...)
     signals: tuple[str, ...] = ()  # interaction signals bucketized per token (play_time, ...)
     num_buckets: int = 32  # of time gaps, engagement and signals
+    # regularization: dropout on the encoder's input tokens and on every sublayer's output
+    # (residual branches) of both stacks, active in training mode only
+    dropout: float = 0.0
 
     def __post_init__(self):
         def bad(msg):
@@ -54,6 +57,8 @@ class OneRecConfig:
         if self.d_model % self.num_heads or self.d_model // self.num_heads not in (32, 64, 128):
             bad(f"d_model / num_heads must be 32, 64 or 128 (the attention kernel's head sizes), "
                 f"got {self.d_model} / {self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            bad(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.codebook_sizes or min(self.codebook_sizes) < 1:
             bad(f"codebook_sizes must be a non-empty tuple of ints >= 1, got {self.codebook_sizes}")
         for f in ("num_encoder_layers", "num_decoder_layers", "short_len", "positive_len",

@@ -58,15 +58,18 @@ class DecoderLayer(nn.Module):
         self.cross = CrossAttention(D, config.num_heads, backend=backend)
         self.ffn_norm = nn.RMSNorm(D)
         self.ffn = make_ffn(config, config.decoder_moe, backend)
+        self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, enc: EncoderOutput, cross_kv, cache=None, start: int = 0
                 ) -> torch.Tensor:
         B, G, S, D = x.shape
-        x = x + self.self_attn(self.self_norm(x).view(B * G, S, D), cache, start).view(B, G, S, D)
+        drop = self.drop
+        x = x + drop(self.self_attn(self.self_norm(x).view(B * G, S, D), cache, start)
+                     .view(B, G, S, D))
         # All G * S tokens of a user are that user's queries over its encoder output.
-        x = x + self.cross(self.cross_norm(x).view(B, G * S, D), enc.cu_seqlens, enc.max_len,
-                           kv=cross_kv).view(B, G, S, D)
-        return x + self.ffn(self.ffn_norm(x))
+        x = x + drop(self.cross(self.cross_norm(x).view(B, G * S, D), enc.cu_seqlens,
+                                enc.max_len, kv=cross_kv).view(B, G, S, D))
+        return x + drop(self.ffn(self.ffn_norm(x)))
 
 
 class Decoder(nn.Module):

@@ -88,10 +88,11 @@ class EncoderLayer(nn.Module):
         self.attn = PackedSelfAttention(config, backend)
         self.ffn_norm = nn.RMSNorm(config.d_model)
         self.ffn = make_ffn(config, config.encoder_moe, backend)
+        self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), layout)
-        return x + self.ffn(self.ffn_norm(x))
+        x = x + self.drop(self.attn(self.attn_norm(x), layout))
+        return x + self.drop(self.ffn(self.ffn_norm(x)))
 
 
 class Encoder(nn.Module):
@@ -116,6 +117,7 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config, backend)
                                     for _ in range(config.num_encoder_layers))
         self.norm = nn.RMSNorm(D)
+        self.drop = nn.Dropout(config.dropout)
 
     def item_tokens(self, seq: SequenceFeatures) -> torch.Tensor:
         """(T, D): sum of the semantic-ID embeddings and the token's features."""
@@ -180,7 +182,7 @@ class Encoder(nn.Module):
         dest = torch.cat([start, seq_dest(batch.short_term, torch.ones_like(n_s)),
                           seq_dest(batch.positive, 1 + n_s), life_dest.flatten()])
         src = torch.cat([static, short, pos, life.reshape(B * Q, -1)])
-        x = src.new_empty(total, src.shape[1]).index_copy(0, dest, src)
+        x = self.drop(src.new_empty(total, src.shape[1]).index_copy(0, dest, src))
         for layer in self.layers:
             x = layer(x, layout)
         return EncoderOutput(self.norm(x), layout.cu_seqlens, max_len)

@@ -374,3 +374,26 @@ def test_cuda_graph_capture_of_the_search(data, seed):
 def test_config_round_trip():
     cfg = PRESETS["onerec-0.935b"]
     assert OneRecConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_dropout_only_in_training(data, seed):
+    """dropout > 0 perturbs training forwards (every stack) and leaves eval mode deterministic
+    and equal to the same weights without dropout; out-of-range values are refused."""
+    ds, item_codes, cfg = data
+    users = [5, 6, 7]
+    codes = item_codes[torch.as_tensor([1, 2, 3])]
+    plain = OneRec(cfg)
+    noisy = OneRec(replace(cfg, dropout=0.3))
+    noisy.load_state_dict(plain.state_dict())
+    batch = make_batch(data, users)
+    noisy.train()
+    a, b = noisy(batch, codes), noisy(batch, codes)
+    assert not torch.allclose(a[0], b[0])
+    noisy.eval()
+    plain.eval()
+    with torch.no_grad():
+        for x, y in zip(noisy(batch, codes), plain(batch, codes)):
+            torch.testing.assert_close(x, y)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="dropout"):
+            replace(cfg, dropout=bad)
