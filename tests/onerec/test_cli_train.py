@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import onerec.data
+import onerec.jobs
 import onerec.train
 from onerec import cli
 from onerec.jobs import have_matplotlib
@@ -111,9 +112,15 @@ def test_resume_continues_exactly_and_an_interrupted_run_publishes_nothing(
     metrics log untouched), then a resume to the end: the same losses, validations and log as
     the uninterrupted run."""
     data, out = fixture_dir[0], tmp_path / "pieces"
-    assert _train(data, out, "--stop-after", "3") == 0
-    assert "stopped after step 3 of 6" in capsys.readouterr().out
+    with monkeypatch.context() as m:  # the first piece also shows a machine without matplotlib
+        m.setattr(onerec.jobs, "have_matplotlib", lambda: False)
+        assert _train(data, out, "--stop-after", "3") == 0
+    stdout = capsys.readouterr().out
+    assert "stopped after step 3 of 6" in stdout
+    assert "matplotlib is not installed: no training.png" in stdout
+    assert "matplotlib is not installed: no tokenizer_report.png" in stdout
     first = verify_result_folder(out)
+    assert set(first["files"]) == TRAIN_FILES  # no PNG
     assert _metrics(out)["train"]["step"] == 3 and not _metrics(out)["train"]["finished"]
     log_before = (out / "metrics.jsonl").read_bytes()
 
