@@ -1,16 +1,33 @@
 """The `onerec` command line.
 
-`onerec run` is the main job on the embedded default (synthetic data, no downloads); other
-subcommands expose single stages. Every subcommand prints what ran where (backend, device).
+`onerec run` is the main job on the embedded default (synthetic data, no downloads);
+`onerec train`, `onerec eval` and `onerec recommend` split it around a result folder; `tokenize`
+and `rq` expose single stages. Every subcommand prints what ran where (backend, device).
 
 Every argument is checked before any compute starts. Exit status: 0 success, 2 a usage error
-(bad argument, unusable device/backend, unwritable --out), 1 a failure while working, 130 when
-interrupted (Ctrl-C). Result folders (--out) are all-or-nothing: see onerec.results.
+(bad argument, missing data path, unknown preset, unusable device/backend, unwritable --out,
+incompatible checkpoint), 1 a failure while working, 130 when interrupted (Ctrl-C). Result
+folders (--out) are all-or-nothing: see onerec.results.
+
+The training folder (files: onerec.jobs). `train --out DIR` publishes the tokenizer, semantic
+IDs, model and training configs, checkpoints and metrics under one manifest; a run that does
+not finish (Ctrl-C, kill, error) publishes nothing, so DIR keeps its previous complete state.
+`train --resume` continues from the published DIR/last.pt (tokenizer and semantic IDs loaded
+from DIR, never rebuilt, so the checkpoint's checksum matches); its new checkpoints land in the
+run's private temp dir and DIR's other files are carried into the new manifest, so it again
+publishes all-or-nothing. Since only finished runs publish, `--stop-after N` ends a run early
+on purpose (the schedule still spans --steps) for a later --resume.
+`eval --out DIR` writes into the same DIR, the place a user looks for a model's results: it
+takes DIR's lock, checks DIR against its manifest, and re-publishes it with eval.json and an
+updated summary.md, every training file carried over (hard links) under the new manifest, so DIR
+still verifies (onerec.results.verify_result_folder) and a stopped evaluation changes nothing.
+`recommend` only reads DIR.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import sys
 import time
@@ -24,17 +41,24 @@ class UsageError(ValueError):
     """A bad request found before (or instead of) the work: exit status 2."""
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
+def _number(kind: type, low, *, above: bool = False):
+    """An argparse type: a `kind` (int or float) >= low (> low with `above`; never nan)."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (value > low if above else value >= low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {low}, "
+                                             f"got {value}")
         return value
-    parse.__name__ = f"int >= {low}"  # what argparse names in its messages
+    parse.__name__ = f"{kind.__name__} {'>' if above else '>='} {low}"  # argparse's messages
     return parse
+
+
+def _int_at_least(low: int):
+    return _number(int, low)
 
 
 def _device_arg(name: str) -> str:
@@ -64,11 +88,17 @@ def _data_arg(spec: str) -> str:
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("load_dataset: ")) from None
     if kind == "ml-100k":
-        import os
-
         if not os.path.isdir(path):
             raise argparse.ArgumentTypeError(f"{spec}: {path} is not a folder (expected the "
                                              f"one holding u.data, u.item, u.user)")
+    if kind == "seqrec-json":
+        from onerec.data.seqrec import find_files
+
+        try:
+            find_files(path)
+        except FileNotFoundError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{spec}: {str(exc).removeprefix('seqrec-json: ')}") from None
     return spec
 
 
@@ -192,7 +222,11 @@ def _tokenize(args: argparse.Namespace, plan: dict, *, commit: bool = True):
     print(f"  [embeddings {sids.seconds['embeddings']:.1f} s, tokenizer "
           f"{sids.seconds['tokenizer']:.1f} s]")
     if out is not None:
-        save_semantic_ids(sids, out)
+        from onerec.jobs import have_matplotlib
+
+        if not have_matplotlib():
+            print("matplotlib is not installed: no tokenizer_report.png (pip install matplotlib)")
+        save_semantic_ids(sids, out, plot=have_matplotlib())
         if commit:
             _publish(args, out)
     return ds, sids
@@ -277,6 +311,311 @@ def cmd_run(args: argparse.Namespace, plan: dict) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------- train
+def _options(args: argparse.Namespace) -> dict:
+    """The run's settings as saved in train_config.json (the data spec with an absolute path)."""
+    from onerec.jobs import normalize_data_spec
+
+    skip = ("func", "check", "command", "command_line", "out", "resume")
+    opts = {k: v for k, v in vars(args).items() if k not in skip}
+    return {**opts, "data": normalize_data_spec(args.data)}
+
+
+def _cli_name(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def check_train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
+    from onerec.jobs import open_training_folder, resume_differences
+    from onerec.main_job import default_warmup
+    from onerec.train import TrainConfig
+    from onerec.train.pretrain import LAST
+
+    train_config = TrainConfig(
+        lr=args.lr, max_steps=args.steps, warmup_steps=default_warmup(args.steps),
+        batch_size=args.batch_size, grad_accum=args.grad_accum, eval_every=args.eval_every,
+        eval_users=args.eval_users, patience=args.patience,
+        checkpoint_every=args.checkpoint_every, compile=args.compile, seed=args.seed,
+        log_every=max(1, min(10, args.steps // 20)))
+    if args.stop_after is not None and args.stop_after > args.steps:
+        raise UsageError(f"--stop-after {args.stop_after} is beyond --steps {args.steps} (the "
+                         f"length of the schedule)")
+    last = os.path.join(args.out, LAST)
+    if args.resume and not os.path.isfile(last):
+        raise UsageError(f"--resume: there is no {last} to continue from (no `onerec train --out "
+                         f"{args.out}` has published a checkpoint there); drop --resume to "
+                         f"start a fresh run")
+    plan = check_tokenize(args, stack)  # takes the lock on --out: the folder cannot change now
+    previous = None
+    if args.resume:
+        previous = open_training_folder(args.out)
+        diff = resume_differences(previous.train["options"], _options(args))
+        if diff:
+            said = ", ".join(f"{_cli_name(k)} {a!r} (now {b!r})" for k, (a, b) in diff.items())
+            raise UsageError(f"--resume: {args.out} was trained with other settings: {said}; a "
+                             f"resume repeats them (it ran as: {previous.train['command']})")
+        done, total, finished = previous.progress
+        if finished:
+            raise UsageError(f"--resume: the run in {args.out} has finished (step {done} of "
+                             f"{total}); nothing to continue. Train afresh (without --resume) "
+                             f"for a longer schedule")
+        if args.stop_after is not None and args.stop_after <= done:
+            raise UsageError(f"--stop-after {args.stop_after}: the run in {args.out} is already "
+                             f"at step {done}")
+    return {**plan, "train_config": train_config, "previous": previous}
+
+
+def cmd_train(args: argparse.Namespace, plan: dict) -> int:
+    """Train a OneRec model of --preset on --data and leave in --out everything `onerec eval`
+    and `onerec recommend` need: data, item embeddings, tokenizer and semantic IDs (saved), trie,
+    pretraining with periodic validation (Recall@10, best checkpoint kept, early stopping),
+    then last.pt, best.pt, metrics.jsonl, metrics.json, training.png (with matplotlib),
+    summary.md, model_config.json and train_config.json, published all-or-nothing.
+    --resume continues the run published in --out from its last.pt exactly (same losses as an
+    uninterrupted run) with the tokenizer and semantic IDs loaded from --out; it must repeat the
+    run's data, tokenizer, preset and schedule options. A run that is stopped (Ctrl-C, kill)
+    publishes nothing and leaves the previous folder as it was: to train in pieces, use
+    --stop-after and then --resume."""
+    from dataclasses import replace
+
+    import onerec_kernels as ok
+    from onerec.data import load_dataset
+    from onerec.jobs import (BEST, EVAL_JSON, LAST, METRICS, PLOT, PLOT_FILE, TOKENIZER_FILES,
+                             have_matplotlib, semantic_ids_from_folder, training_metrics,
+                             write_training_files)
+    from onerec.main_job import model_config, train_out_dir, train_run
+    from onerec.pipeline import build_trie
+    from onerec.train import CheckpointError
+
+    dev, out, prev = plan["device"], plan["out"], plan["previous"]
+    done = prev.progress[0] if prev is not None else 0
+    print(f"onerec train: data={args.data} preset={args.preset} device={dev} "
+          f"native={ok.native_available()}")
+    resume_from = None
+    if prev is None:
+        if os.path.isfile(os.path.join(args.out, LAST)):
+            print(f"{args.out} holds an earlier training run: this fresh run replaces it when "
+                  f"it finishes (--resume would continue it)")
+        ds, sids = _tokenize(args, plan, commit=False)
+        for name in (BEST, PLOT, PLOT_FILE, EVAL_JSON):  # an earlier run's, if this one lacks it
+            out.discard(name)
+    else:
+        t0 = time.perf_counter()
+        ds = load_dataset(args.data)
+        print(ds.summary(), f"[{time.perf_counter() - t0:.1f} s]")
+        # The published tokenizer and table, not a rebuilt one: the checkpoint's checksum is of
+        # these codes. The earlier run's files travel into this run's manifest.
+        sids = semantic_ids_from_folder(args.out, backend=plan["backend"])
+        for name in TOKENIZER_FILES + (BEST,):
+            if prev.has(name):
+                out.carry(name)
+        if prev.has(METRICS):
+            out.carry(METRICS, copy=True)  # pretrain appends to it: never to the published one
+        out.discard(EVAL_JSON)  # it scored an earlier checkpoint
+        resume_from = os.path.join(prev.path, LAST)
+        print(f"resuming {resume_from} at step {done} of {args.steps}; tokenizer and semantic "
+              f"IDs loaded from {args.out}")
+    trie = build_trie(sids, dev)
+    config = model_config(args.preset, sids, ds)
+    cfg = replace(plan["train_config"], out_dir=train_out_dir(out),
+                  progress=sys.stderr.isatty())
+    print(f"training: preset {args.preset}, {args.steps} steps of {args.batch_size} x "
+          f"{args.grad_accum} contexts, lr {args.lr}"
+          + (f", stopping after step {args.stop_after}" if args.stop_after else "")
+          + (f", validation every {args.eval_every} steps on {args.eval_users} users"
+             if args.eval_every else ", no validation"))
+    t0 = time.perf_counter()
+    try:
+        trained = train_run(ds, sids, trie, config, cfg, seed=args.seed, device=dev,
+                            resume_from=resume_from, stop_after=args.stop_after)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from exc
+    seconds = time.perf_counter() - t0
+    res = trained.result
+    params = sum(p.numel() for p in trained.model.parameters())
+    new = res.losses[done:]  # this run's steps
+    print(f"  {params / 1e3:.0f}k parameters; steps {done + 1}-{res.step}: loss "
+          f"{new[0]:.3f} -> {new[-1]:.3f} in {seconds:.1f} s")
+    for e in res.evals:
+        print(f"  validation step {e['step']}: Recall@{e['k']} {e['recall']:.4f}, legal "
+              f"{e['legal_rate']:.1%}")
+    if res.stopped_early:
+        print(f"  stopped early at step {res.step}: {args.patience} validations without gain")
+    elif res.extra.get("stopped_at"):
+        print(f"  stopped after step {res.step} of {args.steps} (--stop-after); continue with "
+              f"--resume")
+    train_dict = {k: v for k, v in cfg.to_dict().items() if k not in ("out_dir", "progress")}
+    train_dict["checkpoint_every"] = args.checkpoint_every
+    metrics = training_metrics(res, options=_options(args), model_config=config.to_dict(),
+                               train_config=train_dict, parameters=params, device=str(dev),
+                               seconds=seconds, previous=prev.metrics if prev else None)
+    write_training_files(out, metrics=metrics, options=_options(args),
+                         command=args.command_line, model_config=config.to_dict(),
+                         train_config=train_dict)
+    if not have_matplotlib():
+        print("matplotlib is not installed: no training.png (pip install matplotlib)")
+    _publish(args, out)
+    return 0
+
+
+# ------------------------------------------------------------------------- eval, recommend
+def _check_trained(args: argparse.Namespace) -> dict:
+    """The checks `eval` and `recommend` share: --out is a complete training folder, the
+    checkpoint is in it, --data (default: the training's) is usable."""
+    from onerec.jobs import CHECKPOINTS, open_training_folder
+
+    if not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out}: no such folder (train first: onerec train --out "
+                         f"{args.out})")
+    folder = open_training_folder(args.out)
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        checkpoint = "best" if folder.has(CHECKPOINTS["best"]) else "last"
+    elif not folder.has(CHECKPOINTS[checkpoint]):
+        raise UsageError(f"--checkpoint {checkpoint}: {args.out} has no "
+                         f"{CHECKPOINTS[checkpoint]} (training ran no validation: --eval-every "
+                         f"0, or it stopped before the first); use --checkpoint last")
+    spec = args.data if args.data is not None else folder.train["options"]["data"]
+    try:
+        _data_arg(spec)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"--data: {exc}") from None
+    return {"device": _device(args.device), "folder": folder, "checkpoint": checkpoint,
+            "data": spec}
+
+
+def _load_trained(args: argparse.Namespace, plan: dict):
+    from onerec.data import load_dataset
+    from onerec.jobs import load_trained_folder
+    from onerec.train import CheckpointError
+
+    t0 = time.perf_counter()
+    ds = load_dataset(plan["data"])
+    print(ds.summary(), f"[{time.perf_counter() - t0:.1f} s]")
+    try:
+        run = load_trained_folder(plan["folder"], ds, plan["checkpoint"], device=plan["device"])
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from exc
+    opts = plan["folder"].train["options"]
+    params = sum(p.numel() for p in run.trained.model.parameters())
+    print(f"model: preset {opts['preset']} ({params / 1e3:.0f}k parameters), checkpoint "
+          f"{run.checkpoint} (step {run.info['step']}) from {args.out}; trie of "
+          f"{run.trie.num_items} items on {plan['device']}")
+    return ds, run
+
+
+def check_eval(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
+    from onerec.results import ResultFolder
+    from onerec_kernels.beam import op as beam_op
+
+    if not os.path.isdir(args.out):  # ResultFolder would create it
+        raise UsageError(f"--out {args.out}: no such folder (train first: onerec train --out "
+                         f"{args.out})")
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "check")}
+    # The lock first, then the checks: no other writer can change the folder in between.
+    out = stack.enter_context(ResultFolder(args.out, command=args.command_line, config=config))
+    plan = _check_trained(args)
+    beam_backend = _resolve(beam_op, args.beam_backend, plan["device"], beam_op.NATIVE_OP)
+    return {**plan, "out": out, "beam_backend": beam_backend}
+
+
+def cmd_eval(args: argparse.Namespace, plan: dict) -> int:
+    """Evaluate the model trained in --out (its tokenizer, semantic IDs, model config and
+    checkpoint, loaded from there) against the baselines on the same held-out users:
+    popularity, co-occurrence, the history-code prior and, with --sasrec, SASRec; Recall and
+    NDCG at 1, 5, 10, 20, legal-output rate, consumed share, coverage, cold targets; prints the
+    markdown table. Writes eval.json and the evaluation into summary.md of the same --out
+    folder, re-published all-or-nothing with every training file kept under one manifest (a
+    stopped evaluation leaves the folder as it was)."""
+    from onerec.jobs import EVAL_JSON, SUMMARY, format_summary, write_json
+    from onerec.main_job import evaluate_against_baselines
+
+    dev, out, beam_backend = plan["device"], plan["out"], plan["beam_backend"]
+    print(f"onerec eval: {args.out} device={dev} beam backend={beam_backend}")
+    ds, run = _load_trained(args, plan)
+    protocols = ("exclude", "keep") if args.protocol == "both" else (args.protocol,)
+    print(f"evaluation: full-catalogue leave-one-out on the {args.split} split"
+          + (" (SASRec trains first)" if args.sasrec else ""))
+    table = evaluate_against_baselines(ds, run.sids, run.trie, run.trained,
+                                       max_users=args.max_users, sasrec=args.sasrec,
+                                       seed=args.seed, beam_backend=beam_backend,
+                                       split=args.split, protocols=protocols)
+    print(table["markdown"])
+    legal = min(r["legal_rate"] for r in table["rows"] if r["model"] == "onerec")
+    print(f"OneRec legal outputs {legal:.1%}")
+    report = {k: v for k, v in table.items() if k != "markdown"}
+    report.update(checkpoint=run.checkpoint, checkpoint_step=run.info["step"],
+                  command=args.command_line)
+    write_json(out.path(EVAL_JSON), report)
+    folder = plan["folder"]
+    if folder.metrics is not None:
+        with open(out.path(SUMMARY), "w") as f:
+            f.write(format_summary(folder.metrics, {**report, "markdown": table["markdown"]}))
+    rewritten = {EVAL_JSON} | ({SUMMARY} if folder.metrics is not None else set())
+    for name in folder.manifest["files"]:  # the training files stay listed
+        if name not in rewritten:
+            out.carry(name)
+    _publish(args, out)
+    return 0
+
+
+def _user_list(text: str) -> list[int]:
+    try:
+        users = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected user ids separated by commas, got "
+                                         f"{text!r}") from None
+    if not users:
+        raise argparse.ArgumentTypeError("expected at least one user id")
+    return users
+
+
+def check_recommend(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
+    from onerec_kernels.beam import op as beam_op
+
+    plan = _check_trained(args)  # reads --out only: no lock, nothing written
+    return {**plan, "beam_backend": _resolve(beam_op, args.beam_backend, plan["device"],
+                                             beam_op.NATIVE_OP)}
+
+
+def cmd_recommend(args: argparse.Namespace, plan: dict) -> int:
+    """Top-K recommendations of the model trained in --out for some users, from each user's
+    whole history: item id, semantic ID and (when the data has item text) title. Items the user
+    already consumed are excluded on data where nobody consumes an item twice (the evaluator's
+    default protocol) unless --keep-consumed. User and item ids are the data's own ids."""
+    from onerec.eval import default_exclude_consumed
+    from onerec.main_job import recommend_next
+
+    dev, beam_backend = plan["device"], plan["beam_backend"]
+    print(f"onerec recommend: {args.out} device={dev} beam backend={beam_backend}")
+    ds, run = _load_trained(args, plan)
+    if args.users is not None:
+        dense = {int(u): i for i, u in enumerate(ds.users.ids)}
+        unknown = [u for u in args.users if u not in dense]
+        if unknown:
+            raise UsageError(f"--users: {unknown} are not user ids of {ds.name} (its ids run "
+                             f"{int(ds.users.ids.min())}..{int(ds.users.ids.max())})")
+        users = [dense[u] for u in args.users]
+    else:
+        users = list(range(min(args.num_users, ds.num_users)))
+    exclude, reason = default_exclude_consumed(ds)
+    if args.keep_consumed:
+        exclude, reason = False, "consumed items kept (--keep-consumed)"
+    print(f"top {args.k} per user ({reason}); item id [semantic ID] title")
+    recs = recommend_next(ds, run.trained, run.trie, users, k=args.k, exclude=exclude,
+                          beam_backend=beam_backend)
+    for r in recs:
+        print(f"user {r['user']} ({r['history']} items in history):")
+        for rank, it in enumerate(r["items"], 1):
+            title = " ".join(it["title"].split())
+            title = title if len(title) <= 70 else title[:67] + "..."
+            print(f"  {rank:>3}. item {it['item']} {it['semantic_id']}"
+                  + (f"  {title}" if title else ""))
+        if len(r["items"]) < args.k:
+            print(f"  (only {len(r['items'])} items left after excluding the history)")
+    return 0
+
+
 # -------------------------------------------------------------------------------- parser
 class _HelpFormatter(argparse.HelpFormatter):
     """One line of help per option with its default appended (unless the help already says
@@ -291,6 +630,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from onerec.model.config import PRESETS
     from onerec_kernels.beam import op as beam_op
     from onerec_kernels.kmeans import op as kmeans_op
     from onerec_kernels.rq import op as rq_op
@@ -324,9 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
     rq.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                     help="dtype of points and codebooks")
 
-    def tokenizer_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data", default="synthetic", type=_data_arg,
-                        help="synthetic | ml-100k:PATH (folder holding u.data, u.item, u.user)")
+    data_help = ("synthetic | ml-100k:PATH (folder holding u.data, u.item, u.user) | "
+                 "seqrec-json:DIR (folder holding <name>.inter.json [+ <name>.item.json])")
+
+    def tokenizer_args(sp: argparse.ArgumentParser, *, out_required: bool = False) -> None:
+        sp.add_argument("--data", default="synthetic", type=_data_arg, help=data_help)
         sp.add_argument("--dim", type=positive, default=64, help="item embedding size")
         sp.add_argument("--fusion", default="contrastive",
                         choices=["contrastive", "concat", "content", "collaborative"],
@@ -335,9 +677,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--codebook-size", type=positive, default=32, help="codes per level K")
         sp.add_argument("--iters", type=nonneg, default=20, help="Lloyd iterations per level")
         sp.add_argument("--balanced", action="store_true", help="size-constrained k-means")
-        sp.add_argument("--out", default=None,
-                        help="result folder for tokenizer, semantic IDs and report (written "
-                             "all-or-nothing, with manifest.json)")
+        if out_required:
+            sp.add_argument("--out", required=True,
+                            help="result folder (written all-or-nothing, with manifest.json)")
+        else:
+            sp.add_argument("--out", default=None,
+                            help="result folder for tokenizer, semantic IDs and report "
+                                 "(written all-or-nothing, with manifest.json)")
 
     tok = command("tokenize", cmd_tokenize, check_tokenize,
                   "item embeddings + RQ-KMeans tokenizer + semantic IDs")
@@ -361,6 +707,72 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add SASRec (briefly trained) to the baselines")
     run.add_argument("--beam-backend", default=None, choices=beam_op.SUPPORTED,
                      help="beam-search backend (default: the fastest available on --device)")
+
+    train = command("train", cmd_train, check_train,
+                    "train a OneRec model into --out (tokenizer, checkpoints, metrics)")
+    common(train, kmeans_op.SUPPORTED)
+    tokenizer_args(train, out_required=True)
+    train.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                       help="model size (onerec.model.config.PRESETS)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run published in --out from its last.pt")
+    train.add_argument("--steps", type=positive, default=400,
+                       help="optimizer steps of the schedule (warmup + cosine)")
+    train.add_argument("--stop-after", type=positive, default=None,
+                       help="end this run after that many steps in all (the schedule still "
+                            "spans --steps) and publish; continue with --resume")
+    train.add_argument("--batch-size", type=positive, default=64,
+                       help="training contexts per micro-batch")
+    train.add_argument("--grad-accum", type=positive, default=1,
+                       help="micro-batches per step")
+    train.add_argument("--lr", type=_number(float, 0, above=True), default=3e-3, help="peak AdamW learning rate")
+    train.add_argument("--eval-every", type=nonneg, default=50,
+                       help="steps between validations (Recall@10 on validation targets; 0: none)")
+    train.add_argument("--eval-users", type=positive, default=256,
+                       help="users of each validation (the first ones with a validation target)")
+    train.add_argument("--patience", type=nonneg, default=3,
+                       help="validations without gain before stopping (0: never stop early)")
+    train.add_argument("--checkpoint-every", type=nonneg, default=50,
+                       help="steps between last.pt saves inside the run (0: only at the end)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the training loss")
+
+    def trained_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--out", required=True, help="the folder `onerec train --out` wrote")
+        sp.add_argument("--data", default=None,
+                        help="the data (default: the one the model was trained on); "
+                             + data_help)
+        sp.add_argument("--checkpoint", default=None, choices=["best", "last"],
+                        help="which checkpoint (default: best.pt when training validated, "
+                             "else last.pt)")
+        sp.add_argument("--device", default="auto", type=_device_arg,
+                        help="auto (CUDA when present, else CPU) | cpu | cuda[:i]")
+        sp.add_argument("--beam-backend", default=None, choices=beam_op.SUPPORTED,
+                        help="beam-search backend (default: the fastest available on --device)")
+
+    ev = command("eval", cmd_eval, check_eval,
+                 "evaluate a trained --out against the baselines; eval.json + summary.md")
+    trained_args(ev)
+    ev.add_argument("--split", default="test", choices=["test", "valid"],
+                    help="held-out targets to score")
+    ev.add_argument("--max-users", type=positive, default=None,
+                    help="evaluate only the first this many held-out users (default: all)")
+    ev.add_argument("--protocol", default="both", choices=["both", "exclude", "keep"],
+                    help="consumed items excluded from the rankings, kept, or both side by side")
+    ev.add_argument("--sasrec", action="store_true",
+                    help="add SASRec (briefly trained) to the baselines")
+    ev.add_argument("--seed", type=nonneg, default=0, help="random seed (SASRec)")
+
+    rec = command("recommend", cmd_recommend, check_recommend,
+                  "top-K items per user from a trained --out")
+    trained_args(rec)
+    who = rec.add_mutually_exclusive_group()
+    who.add_argument("--users", type=_user_list, default=None,
+                     help="user ids of the data, comma separated (default: the first --num-users)")
+    who.add_argument("--num-users", type=positive, default=5, help="the first this many users")
+    rec.add_argument("-k", type=positive, default=10, help="items per user")
+    rec.add_argument("--keep-consumed", action="store_true",
+                     help="allow items the user already consumed (default: excluded on data "
+                          "where nobody consumes an item twice)")
     return p
 
 

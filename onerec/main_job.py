@@ -23,6 +23,26 @@ class TrainedModel:
     result: object  # onerec.train.TrainResult
 
 
+def model_config(preset: str, sids: SemanticIds, dataset: Dataset):
+    """The `preset` OneRecConfig shaped by the tokenizer's codebooks and the dataset's features."""
+    from .model.config import OneRecConfig
+
+    return OneRecConfig.preset(preset).for_data(sids.tokenizer.codebook_sizes, dataset)
+
+
+def new_model(config, *, seed: int = 0, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A freshly initialised OneRec of `config` (the init seeded by `seed`) on `device`."""
+    from .model.model import OneRec
+
+    torch.manual_seed(seed)
+    return OneRec(config).to(device)
+
+
+def default_warmup(steps: int) -> int:
+    """Warmup steps of a `steps`-step schedule: a tenth of it, between 1 and 20."""
+    return min(20, max(1, steps // 10))
+
+
 def train_model(dataset: Dataset, sids: SemanticIds, trie, *, steps: int, preset: str = "tiny",
                 batch_size: int = 64, seed: int = 0, device: torch.device | str = "cpu",
                 out_dir: str | None = None, progress: bool = False) -> TrainedModel:
@@ -30,16 +50,12 @@ def train_model(dataset: Dataset, sids: SemanticIds, trie, *, steps: int, preset
     pretrained for `steps` steps with onerec.train.pretrain (no periodic validation: the
     evaluation stage scores the final model). out_dir: where pretrain writes last.pt and
     metrics.jsonl (None: nothing on disk)."""
-    from .model.config import OneRecConfig
-    from .model.model import OneRec
     from .train import TrainConfig, pretrain
     from .train.pretrain import as_item_codes
 
-    config = OneRecConfig.preset(preset).for_data(sids.tokenizer.codebook_sizes, dataset)
-    torch.manual_seed(seed)
-    model = OneRec(config).to(device)
+    model = new_model(model_config(preset, sids, dataset), seed=seed, device=device)
     item_codes = as_item_codes(sids, dataset.num_items)
-    cfg = TrainConfig(max_steps=steps, warmup_steps=min(20, max(1, steps // 10)),
+    cfg = TrainConfig(max_steps=steps, warmup_steps=default_warmup(steps),
                       batch_size=batch_size, eval_every=0, checkpoint_every=0,
                       log_every=max(1, steps // 10), seed=seed, out_dir=out_dir,
                       progress=progress)
@@ -47,12 +63,65 @@ def train_model(dataset: Dataset, sids: SemanticIds, trie, *, steps: int, preset
     return TrainedModel(model, item_codes, result)
 
 
+class _StopRequested(Exception):
+    """Raised by train_run's step callback at `stop_after` (after that step's checkpoint)."""
+
+
+def train_run(dataset: Dataset, sids: SemanticIds, trie, config, train_config, *, seed: int = 0,
+              device: torch.device | str = "cpu", resume_from: str | None = None,
+              stop_after: int | None = None) -> TrainedModel:
+    """Pretrain a fresh OneRec of `config` with `train_config` (a TrainConfig whose out_dir is
+    set), optionally resuming from checkpoint `resume_from` (CheckpointError when it belongs to
+    another config, semantic-ID table or schedule).
+
+    stop_after: end after this many steps in all although the schedule spans max_steps; last.pt
+    then holds exactly that step, so a later resume continues as if never stopped. The result's
+    `extra["stopped_at"]` says so."""
+    import math
+    from dataclasses import replace
+
+    from .train import TrainResult, load_checkpoint, pretrain
+    from .train.pretrain import BEST, LAST, as_item_codes
+
+    cfg = train_config
+    if cfg.out_dir is None:
+        raise ValueError("train_run: train_config.out_dir must be set (checkpoints go there)")
+    model = new_model(config, seed=seed, device=device)
+    item_codes = as_item_codes(sids, dataset.num_items)
+    on_step = None
+    if stop_after is not None and stop_after < cfg.max_steps:
+        # pretrain saves last.pt at multiples of checkpoint_every (0: only at the end); saving
+        # at the divisors of stop_after too puts a checkpoint exactly there. When to save is no
+        # resume setting: the losses do not change.
+        cfg = replace(cfg, checkpoint_every=math.gcd(cfg.checkpoint_every, stop_after))
+
+        def on_step(step: int, loss: float) -> None:
+            if step >= stop_after:
+                raise _StopRequested
+
+    try:
+        result = pretrain(model, dataset, item_codes, cfg, trie=trie,
+                          resume=resume_from if resume_from is not None else False,
+                          on_step=on_step)
+    except _StopRequested:
+        # The histories live in the checkpoint just written (they include a resumed run's).
+        last = os.path.join(cfg.out_dir, LAST)
+        state = load_checkpoint(last)
+        best = os.path.join(cfg.out_dir, BEST)
+        result = TrainResult(state["step"], list(state["losses"]), list(state["evals"]),
+                             state["best_step"], state["best_recall"], False, last,
+                             best if os.path.exists(best) else None,
+                             extra={"stopped_at": state["step"]})
+    return TrainedModel(model, item_codes, result)
+
+
 def evaluate_against_baselines(dataset: Dataset, sids: SemanticIds, trie, trained: TrainedModel,
                                *, max_users: int | None = None, sasrec: bool = False,
-                               seed: int = 0, beam_backend: str | None = None) -> dict:
+                               seed: int = 0, beam_backend: str | None = None,
+                               split: str = "test", protocols=("exclude", "keep")) -> dict:
     """compare_rankers of the trained model ("onerec") and the baselines (popularity,
-    co-occurrence, history prior, and with `sasrec` a briefly trained SASRec) on the test split,
-    both protocols; the history prior reuses `sids` / `trie`."""
+    co-occurrence, history prior, and with `sasrec` a briefly trained SASRec) on `split`, under
+    `protocols`; the history prior reuses `sids` / `trie`."""
     from .eval import OneRecRanker, baseline_rankers, compare_rankers
 
     names = ["popularity", "co-occurrence", "history prior"] + (["sasrec"] if sasrec else [])
@@ -60,7 +129,8 @@ def evaluate_against_baselines(dataset: Dataset, sids: SemanticIds, trie, traine
                                sasrec_options=SASREC_DEMO)
     rankers["onerec"] = OneRecRanker(trained.model, dataset, trained.item_codes, trie,
                                      backend=beam_backend)
-    table = compare_rankers(dataset, rankers, max_users=max_users)
+    table = compare_rankers(dataset, rankers, split=split, protocols=protocols,
+                            max_users=max_users)
     if sasrec:
         table["sasrec_train"] = rankers["sasrec"].report
     return table
@@ -71,15 +141,53 @@ def recommend_examples(dataset: Dataset, trained: TrainedModel, trie, *, num_use
                        ) -> list[dict]:
     """The trained model's top-k for the first `num_users` test users: [{"user", "target",
     "items": [(item id, semantic-ID tuple), ...]}] (exclude: consumed items masked)."""
-    from .eval import OneRecRanker, eval_queries
+    from .eval import eval_queries
 
     q = eval_queries(dataset, "test", num_users)
-    ranked = OneRecRanker(trained.model, dataset, trained.item_codes, trie,
-                          backend=beam_backend)(q, k, exclude)
+    ranked = _rank(dataset, trained, trie, q, k, exclude, beam_backend)
     codes = trained.item_codes.tolist()
     return [{"user": int(u), "target": int(t),
              "items": [(int(i), tuple(codes[i])) for i in row if i >= 0]}
-            for u, t, row in zip(q.users, q.targets, np.asarray(ranked))]
+            for u, t, row in zip(q.users, q.targets, ranked)]
+
+
+def _rank(dataset: Dataset, trained: TrainedModel, trie, q, k: int, exclude: bool,
+          beam_backend: str | None) -> np.ndarray:
+    from .eval import OneRecRanker
+
+    return np.asarray(OneRecRanker(trained.model, dataset, trained.item_codes, trie,
+                                   backend=beam_backend)(q, k, exclude))
+
+
+def next_item_queries(dataset: Dataset, users) -> "EvalQueries":
+    """Queries "what comes next" for `users` (dense ids): each user's whole history (every
+    split) is the context, and everything in it counts as consumed; no target (-1)."""
+    from .data import TRAIN, build_pathways
+    from .eval import EvalQueries
+
+    users = np.asarray(users, dtype=np.int64).reshape(-1)
+    history = build_pathways(dataset, users, None, short_len=0, positive_len=0).lifelong
+    train = dataset.interactions.item[dataset.split.role == TRAIN]
+    return EvalQueries("next", users, np.full(users.shape, -1, dtype=np.int64),
+                       np.full(users.shape, np.iinfo(np.int64).max, dtype=np.int64), history,
+                       np.bincount(train, minlength=dataset.num_items).astype(np.int64))
+
+
+def recommend_next(dataset: Dataset, trained: TrainedModel, trie, users, *, k: int = 10,
+                   exclude: bool = True, beam_backend: str | None = None) -> list[dict]:
+    """The trained model's top-k next items after each user's whole history (`users`: dense
+    ids; exclude: consumed items masked inside the constrained search). Returns per user
+    {"user": original id, "history": its length, "items": [{"item": original id, "index":
+    dense id, "semantic_id": [codes], "title": str}, ...]}."""
+    q = next_item_queries(dataset, users)
+    ranked = _rank(dataset, trained, trie, q, k, exclude, beam_backend)
+    codes = trained.item_codes.tolist()
+    lengths = np.diff(q.history.offsets.numpy())
+    items = dataset.items
+    return [{"user": int(dataset.users.ids[u]), "history": int(n),
+             "items": [{"item": int(items.ids[i]), "index": int(i), "semantic_id": codes[i],
+                        "title": items.titles[i]} for i in row if i >= 0]}
+            for u, n, row in zip(q.users, lengths, ranked)]
 
 
 def train_out_dir(out) -> str:

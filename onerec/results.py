@@ -24,11 +24,15 @@ Protocol (why each step):
    is when nothing was written. `commit()` publishes before the block ends.
 
 Files of an earlier run that the new run does not write stay in the folder but are not in the
-manifest; `verify_result_folder` checks exactly the files the manifest lists.
+manifest; `verify_result_folder` checks exactly the files the manifest lists. A run that adds
+to a folder (say an evaluation beside a training run's files) `carry`s the earlier files into
+its own manifest; `discard` names earlier files that must not outlive the new run (removed just
+after its manifest lands; a kill in between leaves them unlisted, hence ignored).
 Pure standard library: importing it costs nothing (the kill test starts writers in a loop).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -106,6 +110,7 @@ class ResultFolder:
         self.tmp: str | None = None
         self._lock_fd: int | None = None
         self.published: list[str] = []
+        self._discard: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> "ResultFolder":
@@ -168,6 +173,27 @@ class ResultFolder:
                              f"than {MANIFEST} and {LOCK}")
         return os.path.join(self.tmp, name)
 
+    def carry(self, name: str, *, copy: bool = False) -> None:
+        """Publish the target's current file `name` again with this run: a hard link into the
+        temp dir (no copy of a large checkpoint; renaming it back over itself is a no-op), or a
+        copy when `copy` is set (a file this run will modify in place) or linking fails."""
+        src, dst = os.path.join(self.target, name), self.path(name)
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"ResultFolder.carry: {src} does not exist")
+        if not copy:
+            try:
+                os.link(src, dst)
+                return
+            except OSError:  # a file system without hard links
+                pass
+        shutil.copy2(src, dst)
+
+    def discard(self, name: str) -> None:
+        """Remove the target's file `name` (an earlier run's) once this run has published, unless
+        this run wrote it."""
+        self.path(name)  # the same name checks
+        self._discard.add(name)
+
     def _publish(self) -> None:
         names = sorted(os.listdir(self.tmp))
         if not names:  # nothing written: the folder keeps what it had (no empty manifest)
@@ -197,6 +223,9 @@ class ResultFolder:
             os.replace(os.path.join(self.tmp, name), os.path.join(self.target, name))
         os.replace(tmp_manifest, old)
         self.published = names
+        for name in sorted(self._discard - set(names)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.target, name))
 
 
 def verify_result_folder(folder: str | os.PathLike) -> dict:

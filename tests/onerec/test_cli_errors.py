@@ -15,17 +15,6 @@ from onerec.results import ResultFolder
 GENRES = "|".join(["0"] * 19)
 
 
-@pytest.fixture
-def no_compute(monkeypatch):
-    """Any of these being reached means a check came too late."""
-    def forbidden(*args, **kwargs):
-        pytest.fail("compute started before the arguments were checked")
-
-    monkeypatch.setattr(onerec.data, "load_dataset", forbidden)
-    monkeypatch.setattr(onerec.pipeline, "build_semantic_ids", forbidden)
-    monkeypatch.setattr(onerec.pipeline, "generate_for_split", forbidden)
-
-
 def _err(capsys) -> str:
     return capsys.readouterr().err
 
@@ -181,7 +170,8 @@ def _subparsers(parser):
 def test_help_has_a_line_per_option_and_subcommand_with_defaults(capsys):
     parser = cli.build_parser()
     action, commands = _subparsers(parser)
-    assert {c.dest for c in action._choices_actions} == set(commands) == {"rq", "tokenize", "run"}
+    assert {c.dest for c in action._choices_actions} == set(commands) == {"rq", "tokenize", "run", "train",
+                                                                "eval", "recommend"}
     assert all(c.help for c in action._choices_actions)  # one line per subcommand
     for name, sub in commands.items():
         assert sub.description, name

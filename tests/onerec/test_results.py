@@ -89,6 +89,30 @@ def test_failed_run_leaves_the_previous_folder_untouched(tmp_path):
     assert _assert_one_run(target) == "run1"
 
 
+def test_carry_republishes_earlier_files_and_discard_drops_them(tmp_path):
+    """A run that adds to a folder keeps the earlier files listed (hard links: renaming one
+    back over itself changes nothing; a copy for files it modifies in place), and the files it
+    discards are gone once it has published, not before."""
+    target = tmp_path / "res"
+    _write(target, "run1", names=("a.txt", "b.txt", "c.bin"))
+    with ResultFolder(target, command="test", config={"tag": "run1"}) as out:
+        out.carry("a.txt")
+        out.carry("b.txt", copy=True)
+        with open(out.path("b.txt"), "a") as f:  # in place: the published copy stays as it was
+            f.write("more")
+        out.discard("c.bin")
+        out.discard("never-there")
+        assert (target / "b.txt").read_text() == "run1:b.txt:" + "x" * 100
+        assert (target / "c.bin").exists()
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            out.carry("missing.txt")
+    assert sorted(verify_result_folder(target)["files"]) == ["a.txt", "b.txt"]
+    assert (target / "a.txt").read_text() == "run1:a.txt:"
+    assert (target / "b.txt").read_text().endswith("more")
+    assert not (target / "c.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]  # no temp dir left
+
+
 def test_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path):
     target = tmp_path / "res"
     with ResultFolder(target, command="first", config={"tag": "first"}) as out:
