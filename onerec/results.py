@@ -26,8 +26,10 @@ Protocol (why each step):
 Files of an earlier run that the new run does not write stay in the folder but are not in the
 manifest; `verify_result_folder` checks exactly the files the manifest lists. A run that adds
 to a folder (say an evaluation beside a training run's files) `carry`s the earlier files into
-its own manifest; `discard` names earlier files that must not outlive the new run (removed just
-after its manifest lands; a kill in between leaves them unlisted, hence ignored).
+its own manifest (or files from elsewhere: a training work folder, see onerec.jobs); `discard`
+names earlier files that must not outlive the new run (removed just after its manifest lands; a
+kill in between leaves them unlisted, hence ignored). Hidden entries of the target that no
+manifest lists (the lock, a training run's `.work/`) are the writers' own business.
 Pure standard library: importing it costs nothing (the kill test starts writers in a loop).
 """
 from __future__ import annotations
@@ -76,6 +78,17 @@ def _versions() -> dict:
     return out
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make the renames into folder `path` durable (its entries on disk); a no-op where
+    folders cannot be opened (Windows)."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _lock(fd: int, target: str) -> None:
     try:
         import fcntl
@@ -111,6 +124,7 @@ class ResultFolder:
         self._lock_fd: int | None = None
         self.published: list[str] = []
         self._discard: set[str] = set()
+        self._on_published: list = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> "ResultFolder":
@@ -173,11 +187,14 @@ class ResultFolder:
                              f"than {MANIFEST} and {LOCK}")
         return os.path.join(self.tmp, name)
 
-    def carry(self, name: str, *, copy: bool = False) -> None:
+    def carry(self, name: str, *, copy: bool = False, src: str | os.PathLike | None = None
+              ) -> None:
         """Publish the target's current file `name` again with this run: a hard link into the
         temp dir (no copy of a large checkpoint; renaming it back over itself is a no-op), or a
-        copy when `copy` is set (a file this run will modify in place) or linking fails."""
-        src, dst = os.path.join(self.target, name), self.path(name)
+        copy when `copy` is set (a file this run will modify in place) or linking fails.
+        src: publish that file (say a checkpoint in a work folder) as `name` instead."""
+        dst = self.path(name)
+        src = os.path.join(self.target, name) if src is None else os.fspath(src)
         if not os.path.isfile(src):
             raise FileNotFoundError(f"ResultFolder.carry: {src} does not exist")
         if not copy:
@@ -193,6 +210,11 @@ class ResultFolder:
         this run wrote it."""
         self.path(name)  # the same name checks
         self._discard.add(name)
+
+    def on_published(self, callback) -> None:
+        """Call `callback()` once this run has published, while the lock is still held (say to
+        remove a work folder that only a writer of the target may touch)."""
+        self._on_published.append(callback)
 
     def _publish(self) -> None:
         names = sorted(os.listdir(self.tmp))
@@ -226,6 +248,8 @@ class ResultFolder:
         for name in sorted(self._discard - set(names)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.target, name))
+        for callback in self._on_published:
+            callback()
 
 
 def verify_result_folder(folder: str | os.PathLike) -> dict:

@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 import torch
 
-from onerec.results import MANIFEST, IncompleteResultFolder, verify_result_file
+from onerec.results import MANIFEST, IncompleteResultFolder, fsync_dir, verify_result_file
 
 FORMAT = "onerec-train-checkpoint"
 FORMAT_VERSION = 1
@@ -82,12 +82,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    if hasattr(os, "O_DIRECTORY"):  # the rename is durable once the folder entry is on disk
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    fsync_dir(folder)  # the rename is durable once the folder entry is on disk
 
 
 def _listed_in_manifest(path: str) -> bool:
@@ -100,6 +95,25 @@ def _listed_in_manifest(path: str) -> bool:
             return name in json.load(f).get("files", {})
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def checkpoint_info(path: str | os.PathLike) -> dict:
+    """The plain fields of checkpoint `path` (step, histories, train_config, ...) without reading
+    its tensors (memory-mapped: cheap for a checkpoint of any size). No compatibility checks:
+    a resume loads the file again through load_checkpoint. Raises FileNotFoundError,
+    IncompleteCheckpoint."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:
+        raise IncompleteCheckpoint(f"checkpoint {path} is incomplete or corrupted: "
+                                   f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise IncompleteCheckpoint(f"{path} is not an onerec training checkpoint")
+    return {k: v for k, v in state.items()
+            if k not in ("model", "optimizer", "scheduler", "data", "rng")}
 
 
 def load_checkpoint(path: str | os.PathLike, *, model_config: dict | None = None,
