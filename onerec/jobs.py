@@ -14,13 +14,22 @@ Files of a training folder, all listed in its manifest.json (see onerec.results)
     metrics.json       {"train": summary, "valid": validation history, "config": ...}
     summary.md         markdown tables: the training, and the evaluation once `onerec eval` ran
     eval.json          the `onerec eval` table (onerec.eval.compare_rankers), once it ran
+
+While a run trains, its checkpoints live in the work folder DIR/.work (WorkFolder), which no
+manifest lists: a killed run keeps its last periodic checkpoint there for `--resume`, and the
+published files stay those of the previous complete run until the new one publishes.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import importlib.util
 import json
 import math
 import os
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +39,11 @@ from .data import Dataset
 from .main_job import TrainedModel
 from .pipeline import (PLOT_FILE, REPORT_FILE, SEMANTIC_IDS_FILE, TOKENIZER_FILE, SemanticIds,
                        build_trie)
-from .results import verify_result_folder
+from .results import MANIFEST, fsync_dir, verify_result_folder
 from .train.pretrain import BEST, LAST, METRICS, PLOT
 
 MODEL_CONFIG, TRAIN_CONFIG = "model_config.json", "train_config.json"
+WORK_DIR, WORK_FILE, BEST_OF_LAST = ".work", "work.json", "best_of_last.pt"
 METRICS_JSON, SUMMARY, EVAL_JSON = "metrics.json", "summary.md", "eval.json"
 TOKENIZER_FILES = (TOKENIZER_FILE, SEMANTIC_IDS_FILE, REPORT_FILE, PLOT_FILE)
 CHECKPOINTS = {"best": BEST, "last": LAST}
@@ -113,6 +123,181 @@ def open_training_folder(folder: str) -> TrainingFolder:
     metrics = read_json(folder, METRICS_JSON) if METRICS_JSON in manifest["files"] else None
     return TrainingFolder(folder, manifest, read_json(folder, TRAIN_CONFIG),
                           read_json(folder, MODEL_CONFIG), metrics)
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
+class WorkFolder:
+    """DIR/.work: where a training run into DIR keeps everything a resume needs while it runs,
+    so that a killed run (SIGKILL, OOM, power loss, Ctrl-C) loses only the steps since its last
+    periodic checkpoint, while DIR's published files (onerec.results) stay those of the previous
+    complete run: no manifest lists the work folder.
+
+    Contents: work.json ({"id", "base_step", "base_seconds"}: the step and wall time of the
+    published run it continues, 0 for a fresh run), the run's tokenizer files, model_config.json
+    and train_config.json (as they will be published), pretrain's last.pt, best.pt and
+    metrics.jsonl, and best_of_last.pt (see `keep_best`).
+
+    Protocol: it is created whole (built in DIR/.work.tmp-*, fsync'ed, renamed into place) and
+    removed whole (renamed away first), so `.work` either is complete or does not exist; it is
+    touched only while the run holds DIR's lock (the run's ResultFolder); it is removed once the
+    run has published. The published train_config.json carries the work folder's id, so a work
+    folder left by a kill between that publish and the removal reads as `published` (stale).
+    Large files (checkpoints, the tokenizer) are hard links, never copies, and are only ever
+    replaced by rename (save_checkpoint), never written in place: a link shared with a
+    published file never changes it. metrics.jsonl, which pretrain appends to, is a copy.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = os.path.abspath(os.fspath(folder))
+        self.path = os.path.join(self.folder, WORK_DIR)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def exists(self) -> bool:
+        return os.path.isdir(self.path)
+
+    @property
+    def meta(self) -> dict:
+        return read_json(self.path, WORK_FILE)
+
+    @property
+    def train(self) -> dict:
+        """Its train_config.json: {"command", "options", "train"}."""
+        return read_json(self.path, TRAIN_CONFIG)
+
+    def published(self) -> bool:
+        """Whether DIR's manifest-complete train_config.json names this work folder: the run
+        published and was killed before removing it. A folder's train_config.json only ever sits
+        beside a manifest when it belongs to that manifest (the publish protocol)."""
+        try:
+            with open(os.path.join(self.folder, MANIFEST)) as f:
+                if TRAIN_CONFIG not in json.load(f).get("files", {}):
+                    return False
+            return read_json(self.folder, TRAIN_CONFIG).get("work_id") == self.meta["id"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            return False
+
+    def last_info(self) -> dict | None:
+        """The plain fields of its last.pt (onerec.train.checkpoint_info), None without one.
+        Raises IncompleteCheckpoint when it cannot be read."""
+        from .train.checkpoint import checkpoint_info
+
+        last = self.file(LAST)
+        return checkpoint_info(last) if os.path.exists(last) else None
+
+    def progress(self) -> tuple[int, int]:
+        """(step of its last.pt (0 without one), step of the published run it continues)."""
+        info = self.last_info()
+        return (info["step"] if info else 0), int(self.meta["base_step"])
+
+    @classmethod
+    def create(cls, folder: str | os.PathLike, *, links: dict, copies: dict, meta: dict,
+               model_config: dict, train_config: dict) -> "WorkFolder":
+        """A new work folder in `folder` (there must be none) holding hard links to `links`
+        and copies of `copies` ({name: source path}), work.json (`meta` and a fresh id),
+        model_config.json and train_config.json (`train_config` plus "work_id")."""
+        work = cls(folder)
+        if work.exists:
+            raise FileExistsError(f"{work.path} exists (discard it first)")
+        stage = tempfile.mkdtemp(prefix=f"{WORK_DIR}.tmp-", dir=work.folder)
+        try:
+            for name, src in links.items():
+                _link_or_copy(src, os.path.join(stage, name))
+            for name, src in copies.items():
+                shutil.copy2(src, os.path.join(stage, name))
+            meta = {**meta, "id": uuid.uuid4().hex}
+            write_json(os.path.join(stage, WORK_FILE), meta)
+            write_json(os.path.join(stage, MODEL_CONFIG), model_config)
+            write_json(os.path.join(stage, TRAIN_CONFIG), {**train_config, "work_id": meta["id"]})
+            for name in os.listdir(stage):  # data on disk before the rename makes it visible
+                _fsync_file(os.path.join(stage, name))
+            os.rename(stage, work.path)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        fsync_dir(work.folder)
+        return work
+
+    def discard(self) -> None:
+        """Remove it whole: renamed away first, so a kill midway leaves no half work folder."""
+        if not self.exists:
+            return
+        gone = tempfile.mkdtemp(prefix=f"{WORK_DIR}.tmp-", dir=self.folder)
+        os.rename(self.path, os.path.join(gone, WORK_DIR))
+        shutil.rmtree(gone, ignore_errors=True)
+
+    def remove_leftovers(self) -> None:
+        """Stage and discard folders of killed runs (the caller holds DIR's lock: none is live)."""
+        for stale in glob.glob(os.path.join(self.folder, f"{WORK_DIR}.tmp-*")):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def keep_best(self) -> None:
+        """best_of_last.pt := best.pt (an atomic hard link). Called each time last.pt has been
+        saved, it keeps the best checkpoint as that last.pt knows it: a validation after the
+        last checkpoint may replace best.pt with a step the resumed run has not reached yet."""
+        best = self.file(BEST)
+        if not os.path.exists(best):
+            return
+        tmp = self.file(f".{BEST_OF_LAST}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        _link_or_copy(best, tmp)
+        os.replace(tmp, self.file(BEST_OF_LAST))
+
+    def restore_best(self, best_step: int) -> None:
+        """Before a resume from a checkpoint whose best validation was at `best_step` (0: none
+        yet): best.pt becomes the candidate (best.pt, best_of_last.pt) saved at that step, or
+        goes when there is none, so it never runs ahead of the resumed run."""
+        from .train import IncompleteCheckpoint
+        from .train.checkpoint import checkpoint_info
+
+        keep = None
+        for name in (BEST, BEST_OF_LAST):
+            path = self.file(name)
+            if best_step and keep is None and os.path.exists(path):
+                with contextlib.suppress(FileNotFoundError, IncompleteCheckpoint):
+                    if checkpoint_info(path)["step"] == best_step:
+                        keep = path
+        if keep is None:
+            for name in (BEST, BEST_OF_LAST):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.file(name))
+            return
+        if keep != self.file(BEST):
+            os.replace(keep, self.file(BEST))
+        self.keep_best()
+
+    def checkpoint_hook(self):
+        """An on_step callback for pretrain that calls keep_best after every save of last.pt
+        (seen as a new inode: save_checkpoint renames a new file into place)."""
+        last = self.file(LAST)
+
+        def inode() -> int | None:
+            try:
+                return os.stat(last).st_ino
+            except FileNotFoundError:
+                return None
+        seen = [inode()]
+
+        def on_step(step: int, loss: float) -> None:
+            now = inode()
+            if now != seen[0]:
+                seen[0] = now
+                self.keep_best()
+        return on_step
 
 
 def resume_differences(saved: dict, now: dict) -> dict:
@@ -239,14 +424,17 @@ def format_summary(metrics: dict, evaluation: dict | None = None) -> str:
 
 
 def write_training_files(out, *, metrics: dict, options: dict, command: str,
-                         model_config: dict, train_config: dict) -> list[str]:
+                         model_config: dict, train_config: dict,
+                         work_id: str | None = None) -> list[str]:
     """model_config.json, train_config.json, metrics.json, summary.md and (with matplotlib)
-    training.png into the open ResultFolder `out`, beside pretrain's files. Returns the names."""
+    training.png into the open ResultFolder `out`, beside pretrain's files. Returns the names.
+    work_id: the id of the WorkFolder the run trained in (train_config.json records it)."""
     from .train import plot_metrics
 
     write_json(out.path(MODEL_CONFIG), model_config)
     write_json(out.path(TRAIN_CONFIG), {"command": command, "options": options,
-                                        "train": train_config})
+                                        "train": train_config,
+                                        **({"work_id": work_id} if work_id else {})})
     write_json(out.path(METRICS_JSON), metrics)
     with open(out.path(SUMMARY), "w") as f:
         f.write(format_summary(metrics))

@@ -67,51 +67,84 @@ class _StopRequested(Exception):
     """Raised by train_run's step callback at `stop_after` (after that step's checkpoint)."""
 
 
+def checkpoint_finished(info: dict) -> bool:
+    """Whether the run that wrote a checkpoint (its plain fields: onerec.train.checkpoint_info)
+    had ended there: all max_steps done, or stopped early (pretrain's rule: `patience`
+    validations without gain)."""
+    t = info["train_config"]
+    return info["step"] >= t["max_steps"] or (t["patience"] > 0
+                                              and info["bad_evals"] >= t["patience"])
+
+
+def _result_from_checkpoint(state: dict, last: str, **extra) -> "TrainResult":
+    """The TrainResult of the run as checkpoint `last` (loaded as `state`) recorded it: its
+    histories include those of the runs it resumed."""
+    from .train import TrainResult
+    from .train.pretrain import BEST
+
+    best = os.path.join(os.path.dirname(last), BEST)
+    stopped_early = (checkpoint_finished(state)
+                     and state["step"] < state["train_config"]["max_steps"])
+    return TrainResult(state["step"], list(state["losses"]), list(state["evals"]),
+                       state["best_step"], state["best_recall"], stopped_early, last,
+                       best if os.path.exists(best) else None, extra=extra)
+
+
 def train_run(dataset: Dataset, sids: SemanticIds, trie, config, train_config, *, seed: int = 0,
               device: torch.device | str = "cpu", resume_from: str | None = None,
-              stop_after: int | None = None) -> TrainedModel:
+              stop_after: int | None = None, on_step=None) -> TrainedModel:
     """Pretrain a fresh OneRec of `config` with `train_config` (a TrainConfig whose out_dir is
     set), optionally resuming from checkpoint `resume_from` (CheckpointError when it belongs to
-    another config, semantic-ID table or schedule).
+    another config, semantic-ID table or schedule). A checkpoint whose run had ended (all steps,
+    or stopped early) is not trained further: the model and result are read from it.
 
     stop_after: end after this many steps in all although the schedule spans max_steps; last.pt
     then holds exactly that step, so a later resume continues as if never stopped. The result's
-    `extra["stopped_at"]` says so."""
+    `extra["stopped_at"]` says so. on_step(step, loss): called after every step and its
+    checkpoints (pretrain's callback)."""
     import math
     from dataclasses import replace
 
-    from .train import TrainResult, load_checkpoint, pretrain
-    from .train.pretrain import BEST, LAST, as_item_codes
+    from .train import load_checkpoint, pretrain
+    from .train.checkpoint import checkpoint_info, codes_checksum
+    from .train.pretrain import LAST, as_item_codes
 
     cfg = train_config
     if cfg.out_dir is None:
         raise ValueError("train_run: train_config.out_dir must be set (checkpoints go there)")
     model = new_model(config, seed=seed, device=device)
     item_codes = as_item_codes(sids, dataset.num_items)
-    on_step = None
+    if resume_from is not None and checkpoint_finished(checkpoint_info(resume_from)):
+        state = load_checkpoint(resume_from, model_config=config.to_dict(),
+                                tokenizer_checksum=codes_checksum(item_codes,
+                                                                  config.codebook_sizes))
+        model.load_state_dict(state["model"])
+        return TrainedModel(model, item_codes, _result_from_checkpoint(state, resume_from))
+    hooks = [on_step] if on_step is not None else []
     if stop_after is not None and stop_after < cfg.max_steps:
         # pretrain saves last.pt at multiples of checkpoint_every (0: only at the end); saving
         # at the divisors of stop_after too puts a checkpoint exactly there. When to save is no
         # resume setting: the losses do not change.
         cfg = replace(cfg, checkpoint_every=math.gcd(cfg.checkpoint_every, stop_after))
 
-        def on_step(step: int, loss: float) -> None:
+        def stop(step: int, loss: float) -> None:
             if step >= stop_after:
                 raise _StopRequested
+        hooks.append(stop)
+
+    def each_step(step: int, loss: float) -> None:
+        for hook in hooks:
+            hook(step, loss)
 
     try:
         result = pretrain(model, dataset, item_codes, cfg, trie=trie,
                           resume=resume_from if resume_from is not None else False,
-                          on_step=on_step)
+                          on_step=each_step if hooks else None)
     except _StopRequested:
         # The histories live in the checkpoint just written (they include a resumed run's).
         last = os.path.join(cfg.out_dir, LAST)
         state = load_checkpoint(last)
-        best = os.path.join(cfg.out_dir, BEST)
-        result = TrainResult(state["step"], list(state["losses"]), list(state["evals"]),
-                             state["best_step"], state["best_recall"], False, last,
-                             best if os.path.exists(best) else None,
-                             extra={"stopped_at": state["step"]})
+        result = _result_from_checkpoint(state, last, stopped_at=state["step"])
     return TrainedModel(model, item_codes, result)
 
 
