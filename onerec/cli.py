@@ -12,11 +12,14 @@ folders (--out) are all-or-nothing: see onerec.results.
 The training folder (files: onerec.jobs). `train --out DIR` publishes the tokenizer, semantic
 IDs, model and training configs, checkpoints and metrics under one manifest; a run that does
 not finish (Ctrl-C, kill, error) publishes nothing, so DIR keeps its previous complete state.
-`train --resume` continues from the published DIR/last.pt (tokenizer and semantic IDs loaded
-from DIR, never rebuilt, so the checkpoint's checksum matches); its new checkpoints land in the
-run's private temp dir and DIR's other files are carried into the new manifest, so it again
-publishes all-or-nothing. Since only finished runs publish, `--stop-after N` ends a run early
-on purpose (the schedule still spans --steps) for a later --resume.
+While it runs, its tokenizer and checkpoints (every --checkpoint-every steps) live in the work
+folder DIR/.work, which no manifest lists and which survives a kill (onerec.jobs.WorkFolder):
+`train --resume` continues from its last checkpoint, or else from the published DIR/last.pt,
+with the tokenizer and semantic IDs of the run that wrote it (never rebuilt, so the checkpoint's
+checksum matches), exactly as if never stopped, and publishes all-or-nothing in turn. A fresh
+run refuses to start over a work folder holding a checkpoint (resume it, or delete DIR/.work);
+one without a checkpoint is discarded. `--stop-after N` ends a run early on purpose and
+publishes it (the schedule still spans --steps) for a later --resume.
 `eval --out DIR` writes into the same DIR, the place a user looks for a model's results: it
 takes DIR's lock, checks DIR against its manifest, and re-publishes it with eval.json and an
 updated summary.md, every training file carried over (hard links) under the new manifest, so DIR
@@ -326,9 +329,9 @@ def _cli_name(option: str) -> str:
 
 
 def check_train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
-    from onerec.jobs import open_training_folder, resume_differences
-    from onerec.main_job import default_warmup
-    from onerec.train import TrainConfig
+    from onerec.jobs import WORK_DIR, WorkFolder, open_training_folder, resume_differences
+    from onerec.main_job import checkpoint_finished, default_warmup
+    from onerec.train import IncompleteCheckpoint, TrainConfig
     from onerec.train.pretrain import LAST
 
     train_config = TrainConfig(
@@ -341,101 +344,81 @@ def check_train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
         raise UsageError(f"--stop-after {args.stop_after} is beyond --steps {args.steps} (the "
                          f"length of the schedule)")
     last = os.path.join(args.out, LAST)
-    if args.resume and not os.path.isfile(last):
+    if args.resume and not (os.path.isfile(last)
+                            or os.path.isdir(os.path.join(args.out, WORK_DIR))):
         raise UsageError(f"--resume: there is no {last} to continue from (no `onerec train --out "
-                         f"{args.out}` has published a checkpoint there); drop --resume to "
-                         f"start a fresh run")
+                         f"{args.out}` has published or checkpointed a run there); drop "
+                         f"--resume to start a fresh run")
     plan = check_tokenize(args, stack)  # takes the lock on --out: the folder cannot change now
-    previous = None
+    work = WorkFolder(args.out)
+    work.remove_leftovers()
+    if work.exists and work.published():
+        work.discard()  # killed just after publishing: the published folder holds that run
+    previous, done, finished, discard_work = None, 0, False, False
+    if work.exists:
+        try:
+            done, base = work.progress()
+            info = work.last_info()
+        except IncompleteCheckpoint as exc:
+            raise UsageError(f"{exc}; delete {work.path} to go on without it (--resume then "
+                             f"continues from {last} when a run was published there)") from exc
+        total = work.train["train"]["max_steps"]
+        if not args.resume and done > base:
+            raise UsageError(f"{args.out} holds an interrupted run, checkpointed at step {done} "
+                             f"of {total} in {work.path}: continue it with --resume, or delete "
+                             f"{work.path} to train afresh")
+        discard_work = not args.resume
+        finished = info is not None and checkpoint_finished(info)
     if args.resume:
-        previous = open_training_folder(args.out)
-        diff = resume_differences(previous.train["options"], _options(args))
+        if work.exists:  # the newest state of DIR: an interrupted run (maybe of a resume)
+            options, command = work.train["options"], work.train["command"]
+        else:
+            previous = open_training_folder(args.out)
+            options, command = previous.train["options"], previous.train["command"]
+        diff = resume_differences(options, _options(args))
         if diff:
             said = ", ".join(f"{_cli_name(k)} {a!r} (now {b!r})" for k, (a, b) in diff.items())
             raise UsageError(f"--resume: {args.out} was trained with other settings: {said}; a "
-                             f"resume repeats them (it ran as: {previous.train['command']})")
-        done, total, finished = previous.progress
-        if finished:
-            raise UsageError(f"--resume: the run in {args.out} has finished (step {done} of "
-                             f"{total}); nothing to continue. Train afresh (without --resume) "
-                             f"for a longer schedule")
-        if args.stop_after is not None and args.stop_after <= done:
+                             f"resume repeats them (it ran as: {command})")
+        if previous is not None:
+            done, total, finished = previous.progress
+            if finished:
+                raise UsageError(f"--resume: the run in {args.out} has finished (step {done} "
+                                 f"of {total}); nothing to continue. Train afresh (without "
+                                 f"--resume) for a longer schedule")
+        if args.stop_after is not None and args.stop_after <= done and not finished:
             raise UsageError(f"--stop-after {args.stop_after}: the run in {args.out} is already "
                              f"at step {done}")
-    return {**plan, "train_config": train_config, "previous": previous}
+    source = "work" if args.resume and work.exists else "published" if args.resume else None
+    return {**plan, "train_config": train_config, "previous": previous, "work": work,
+            "source": source, "done": done, "discard_work": discard_work}
 
 
-def cmd_train(args: argparse.Namespace, plan: dict) -> int:
-    """Train a OneRec model of --preset on --data and leave in --out everything `onerec eval`
-    and `onerec recommend` need: data, item embeddings, tokenizer and semantic IDs (saved), trie,
-    pretraining with periodic validation (Recall@10, best checkpoint kept, early stopping),
-    then last.pt, best.pt, metrics.jsonl, metrics.json, training.png (with matplotlib),
-    summary.md, model_config.json and train_config.json, published all-or-nothing.
-    --resume continues the run published in --out from its last.pt exactly (same losses as an
-    uninterrupted run) with the tokenizer and semantic IDs loaded from --out; it must repeat the
-    run's data, tokenizer, preset and schedule options. A run that is stopped (Ctrl-C, kill)
-    publishes nothing and leaves the previous folder as it was: to train in pieces, use
-    --stop-after and then --resume."""
-    from dataclasses import replace
+def _training_stopped(args: argparse.Namespace, work) -> None:
+    """Tell what a stopped run left in its work folder and how to go on from there."""
+    from onerec.train import IncompleteCheckpoint
 
-    import onerec_kernels as ok
-    from onerec.data import load_dataset
-    from onerec.jobs import (BEST, EVAL_JSON, LAST, METRICS, PLOT, PLOT_FILE, TOKENIZER_FILES,
-                             have_matplotlib, semantic_ids_from_folder, training_metrics,
-                             write_training_files)
-    from onerec.main_job import model_config, train_out_dir, train_run
-    from onerec.pipeline import build_trie
-    from onerec.train import CheckpointError
-
-    dev, out, prev = plan["device"], plan["out"], plan["previous"]
-    done = prev.progress[0] if prev is not None else 0
-    print(f"onerec train: data={args.data} preset={args.preset} device={dev} "
-          f"native={ok.native_available()}")
-    resume_from = None
-    if prev is None:
-        if os.path.isfile(os.path.join(args.out, LAST)):
-            print(f"{args.out} holds an earlier training run: this fresh run replaces it when "
-                  f"it finishes (--resume would continue it)")
-        ds, sids = _tokenize(args, plan, commit=False)
-        for name in (BEST, PLOT, PLOT_FILE, EVAL_JSON):  # an earlier run's, if this one lacks it
-            out.discard(name)
-    else:
-        t0 = time.perf_counter()
-        ds = load_dataset(args.data)
-        print(ds.summary(), f"[{time.perf_counter() - t0:.1f} s]")
-        # The published tokenizer and table, not a rebuilt one: the checkpoint's checksum is of
-        # these codes. The earlier run's files travel into this run's manifest.
-        sids = semantic_ids_from_folder(args.out, backend=plan["backend"])
-        for name in TOKENIZER_FILES + (BEST,):
-            if prev.has(name):
-                out.carry(name)
-        if prev.has(METRICS):
-            out.carry(METRICS, copy=True)  # pretrain appends to it: never to the published one
-        out.discard(EVAL_JSON)  # it scored an earlier checkpoint
-        resume_from = os.path.join(prev.path, LAST)
-        print(f"resuming {resume_from} at step {done} of {args.steps}; tokenizer and semantic "
-              f"IDs loaded from {args.out}")
-    trie = build_trie(sids, dev)
-    config = model_config(args.preset, sids, ds)
-    cfg = replace(plan["train_config"], out_dir=train_out_dir(out),
-                  progress=sys.stderr.isatty())
-    print(f"training: preset {args.preset}, {args.steps} steps of {args.batch_size} x "
-          f"{args.grad_accum} contexts, lr {args.lr}"
-          + (f", stopping after step {args.stop_after}" if args.stop_after else "")
-          + (f", validation every {args.eval_every} steps on {args.eval_users} users"
-             if args.eval_every else ", no validation"))
-    t0 = time.perf_counter()
+    again = args.command_line + ("" if args.resume else " --resume")
     try:
-        trained = train_run(ds, sids, trie, config, cfg, seed=args.seed, device=dev,
-                            resume_from=resume_from, stop_after=args.stop_after)
-    except CheckpointError as exc:
-        raise UsageError(str(exc)) from exc
-    seconds = time.perf_counter() - t0
-    res = trained.result
-    params = sum(p.numel() for p in trained.model.parameters())
+        step = work.progress()[0] if work.exists else 0
+    except IncompleteCheckpoint:
+        step = 0
+    if step:
+        print(f"onerec train: the checkpoint of step {step} stays in {work.path}; continue "
+              f"with: {again}", file=sys.stderr)
+    elif work.exists:
+        print(f"onerec train: no checkpoint yet (--checkpoint-every {args.checkpoint_every}); "
+              f"{again} trains again with the saved tokenizer", file=sys.stderr)
+
+
+def _print_training(args: argparse.Namespace, res, done: int, params: int,
+                    seconds: float) -> None:
     new = res.losses[done:]  # this run's steps
-    print(f"  {params / 1e3:.0f}k parameters; steps {done + 1}-{res.step}: loss "
-          f"{new[0]:.3f} -> {new[-1]:.3f} in {seconds:.1f} s")
+    if new:
+        print(f"  {params / 1e3:.0f}k parameters; steps {done + 1}-{res.step}: loss "
+              f"{new[0]:.3f} -> {new[-1]:.3f} in {seconds:.1f} s")
+    else:
+        print(f"  the run had ended at step {res.step} but was not published: publishing it")
     for e in res.evals:
         print(f"  validation step {e['step']}: Recall@{e['k']} {e['recall']:.4f}, legal "
               f"{e['legal_rate']:.1%}")
@@ -444,17 +427,124 @@ def cmd_train(args: argparse.Namespace, plan: dict) -> int:
     elif res.extra.get("stopped_at"):
         print(f"  stopped after step {res.step} of {args.steps} (--stop-after); continue with "
               f"--resume")
+
+
+def cmd_train(args: argparse.Namespace, plan: dict) -> int:
+    """Train a OneRec model of --preset on --data and leave in --out everything `onerec eval`
+    and `onerec recommend` need: data, item embeddings, tokenizer and semantic IDs (saved), trie,
+    pretraining with periodic validation (Recall@10, best checkpoint kept, early stopping),
+    then last.pt, best.pt, metrics.jsonl, metrics.json, training.png (with matplotlib),
+    summary.md, model_config.json and train_config.json, published all-or-nothing.
+    While it runs, the checkpoints (every --checkpoint-every steps) live in --out/.work, which
+    survives a kill or Ctrl-C: --resume then continues from the last one exactly (same losses as
+    an uninterrupted run), else from the published last.pt, with the tokenizer and semantic IDs
+    of that run; it must repeat the run's data, tokenizer, preset and schedule options. A run
+    that does not finish publishes nothing, so --out keeps its previous complete state. A fresh
+    run refuses to start over an interrupted run's checkpoint (--resume it, or delete
+    --out/.work). To train in pieces, use --stop-after and then --resume."""
+    from dataclasses import replace
+
+    import onerec_kernels as ok
+    from onerec.data import load_dataset
+    from onerec.jobs import (BEST, EVAL_JSON, LAST, METRICS, MODEL_CONFIG, PLOT, PLOT_FILE,
+                             TOKENIZER_FILES, WorkFolder, have_matplotlib, read_json,
+                             semantic_ids_from_folder, training_metrics, write_training_files)
+    from onerec.main_job import model_config, train_run
+    from onerec.pipeline import build_trie
+    from onerec.train import CheckpointError
+
+    dev, out, prev, work = plan["device"], plan["out"], plan["previous"], plan["work"]
+    source, done = plan["source"], plan["done"]
+    print(f"onerec train: data={args.data} preset={args.preset} device={dev} "
+          f"native={ok.native_available()}")
+    if plan["discard_work"]:
+        print(f"discarding {work.path}: an interrupted run without a checkpoint of its own")
+        work.discard()
+    if source is None:
+        if os.path.isfile(os.path.join(args.out, LAST)):
+            print(f"{args.out} holds an earlier training run: this fresh run replaces it when "
+                  f"it finishes (--resume would continue it)")
+        ds, sids = _tokenize(args, plan, commit=False)
+        links = {n: out.path(n) for n in TOKENIZER_FILES if os.path.exists(out.path(n))}
+        copies, base_seconds = {}, 0.0
+    else:
+        t0 = time.perf_counter()
+        ds = load_dataset(args.data)
+        print(ds.summary(), f"[{time.perf_counter() - t0:.1f} s]")
+        # The tokenizer and table of the run that wrote the checkpoint, not rebuilt ones: the
+        # checkpoint's checksum is of these codes.
+        folder = work.path if source == "work" else args.out
+        sids = semantic_ids_from_folder(folder, backend=plan["backend"])
+        if source == "work":
+            print(f"resuming the interrupted run in {work.path} at step {done} of {args.steps}; "
+                  f"tokenizer and semantic IDs loaded from there")
+        else:
+            links = {n: os.path.join(args.out, n) for n in TOKENIZER_FILES + (LAST, BEST)
+                     if prev.has(n)}
+            # pretrain appends to metrics.jsonl: a copy, never the published file
+            copies = {METRICS: os.path.join(args.out, METRICS)} if prev.has(METRICS) else {}
+            base_seconds = (prev.metrics or {}).get("train", {}).get("seconds", 0.0) or 0.0
+            print(f"resuming {os.path.join(args.out, LAST)} at step {done} of {args.steps}; "
+                  f"tokenizer and semantic IDs loaded from {args.out}")
+    trie = build_trie(sids, dev)
+    config = model_config(args.preset, sids, ds)
+    cfg = replace(plan["train_config"], out_dir=work.path, progress=sys.stderr.isatty())
     train_dict = {k: v for k, v in cfg.to_dict().items() if k not in ("out_dir", "progress")}
     train_dict["checkpoint_every"] = args.checkpoint_every
-    metrics = training_metrics(res, options=_options(args), model_config=config.to_dict(),
-                               train_config=train_dict, parameters=params, device=str(dev),
-                               seconds=seconds, previous=prev.metrics if prev else None)
-    write_training_files(out, metrics=metrics, options=_options(args),
-                         command=args.command_line, model_config=config.to_dict(),
-                         train_config=train_dict)
-    if not have_matplotlib():
-        print("matplotlib is not installed: no training.png (pip install matplotlib)")
-    _publish(args, out)
+    if source == "work":
+        if read_json(work.path, MODEL_CONFIG) != config.to_dict():
+            raise UsageError(f"--resume: the model config of {work.path} differs from the one "
+                             f"--preset {args.preset} gives on this data")
+    else:
+        work = WorkFolder.create(
+            args.out, links=links, copies=copies,
+            meta={"base_step": done, "base_seconds": base_seconds},
+            model_config=config.to_dict(),
+            train_config={"command": args.command_line, "options": _options(args),
+                          "train": train_dict})
+    try:
+        info = work.last_info()
+        work.restore_best(info["best_step"] if info else 0)
+        for name in (BEST, PLOT, PLOT_FILE, EVAL_JSON):  # an earlier run's, if this one lacks it
+            out.discard(name)
+        print(f"training: preset {args.preset}, {args.steps} steps of {args.batch_size} x "
+              f"{args.grad_accum} contexts, lr {args.lr}"
+              + (f", stopping after step {args.stop_after}" if args.stop_after else "")
+              + (f", validation every {args.eval_every} steps on {args.eval_users} users"
+                 if args.eval_every else ", no validation")
+              + f"; checkpoints in {work.path}")
+        t0 = time.perf_counter()
+        try:
+            trained = train_run(ds, sids, trie, config, cfg, seed=args.seed, device=dev,
+                                resume_from=work.file(LAST) if info else None,
+                                stop_after=args.stop_after, on_step=work.checkpoint_hook())
+        except CheckpointError as exc:
+            raise UsageError(str(exc)) from exc
+        seconds = time.perf_counter() - t0
+        res = trained.result
+        params = sum(p.numel() for p in trained.model.parameters())
+        _print_training(args, res, done, params, seconds)
+        metrics = training_metrics(res, options=_options(args), model_config=config.to_dict(),
+                                   train_config=train_dict, parameters=params, device=str(dev),
+                                   seconds=seconds,
+                                   previous={"train": {"seconds": work.meta["base_seconds"]}})
+        for name in TOKENIZER_FILES + (LAST, BEST, METRICS):  # the run's files, into DIR
+            if os.path.exists(work.file(name)) and not os.path.exists(out.path(name)):
+                out.carry(name, src=work.file(name), copy=name == METRICS)
+        write_training_files(out, metrics=metrics, options=_options(args),
+                             command=args.command_line, model_config=config.to_dict(),
+                             train_config=train_dict, work_id=work.meta["id"])
+        if not have_matplotlib():
+            print("matplotlib is not installed: no training.png (pip install matplotlib)")
+        # Removed under DIR's lock, once published: a kill in between leaves a work folder
+        # that the published train_config.json names (stale, dropped by the next run).
+        out.on_published(work.discard)
+        _publish(args, out)
+    except UsageError:
+        raise
+    except BaseException:
+        _training_stopped(args, work)
+        raise
     return 0
 
 
@@ -715,7 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                        help="model size (onerec.model.config.PRESETS)")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run published in --out from its last.pt")
+                       help="continue the run in --out: from the last checkpoint of an "
+                            "interrupted run (--out/.work), else from the published last.pt")
     train.add_argument("--steps", type=positive, default=400,
                        help="optimizer steps of the schedule (warmup + cosine)")
     train.add_argument("--stop-after", type=positive, default=None,
@@ -733,7 +824,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=nonneg, default=3,
                        help="validations without gain before stopping (0: never stop early)")
     train.add_argument("--checkpoint-every", type=nonneg, default=50,
-                       help="steps between last.pt saves inside the run (0: only at the end)")
+                       help="steps between checkpoints (into --out/.work, kept when the run "
+                            "is killed, for --resume; 0: only at the end)")
     train.add_argument("--compile", action="store_true", help="torch.compile the training loss")
 
     def trained_args(sp: argparse.ArgumentParser) -> None:

@@ -1,11 +1,16 @@
 """`onerec train | eval | recommend` (issue 12, CLI): the files a training folder holds, resume
-equal to the uninterrupted run through the all-or-nothing folder, refusals with exit status 2,
+equal to the uninterrupted run through the all-or-nothing folder (also after a SIGKILL, from the
+work folder's periodic checkpoint), refusals with exit status 2,
 evaluation against the baselines and recommendations rebuilt from the folder alone, all on a
 small seqrec-json directory written here."""
 import contextlib
 import io
 import json
 import re
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,10 +18,15 @@ import torch
 
 import onerec.data
 import onerec.jobs
+import onerec.results
 import onerec.train
 from onerec import cli
-from onerec.jobs import have_matplotlib
-from onerec.results import verify_result_folder
+from onerec.jobs import WorkFolder, have_matplotlib
+from onerec.results import IncompleteResultFolder, verify_result_folder
+from onerec.train import save_checkpoint
+from onerec.train.checkpoint import checkpoint_info
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Small everything: the tokenizer and the tiny model, a few steps, validation on a few users.
 TOKENIZER = ["--dim", "16", "--fusion", "collaborative", "--codebook-size", "8", "--iters", "5"]
@@ -126,11 +136,12 @@ def test_resume_continues_exactly_and_an_interrupted_run_publishes_nothing(
 
     real = onerec.train.pretrain
 
-    def killed_at_step_4(*args, **kwargs):
-        def on_step(step, loss):
+    def killed_at_step_4(*args, on_step=None, **kwargs):
+        def step_then_stop(step, loss):
+            on_step(step, loss)
             if step == 4:
                 raise KeyboardInterrupt
-        return real(*args, **{**kwargs, "on_step": on_step})
+        return real(*args, on_step=step_then_stop, **kwargs)
 
     monkeypatch.setattr(onerec.train, "pretrain", killed_at_step_4)
     assert _train(data, out, "--resume") == cli.EXIT_INTERRUPTED
@@ -145,6 +156,170 @@ def test_resume_continues_exactly_and_an_interrupted_run_publishes_nothing(
     assert resumed["valid"] == full["valid"]
     assert _log_events(out) == _log_events(trained[0])
     assert set(verify_result_folder(out)["files"]) >= TRAIN_FILES
+
+
+# A training run SIGKILLed by itself right after step `argv[1]` (and that step's checkpoint):
+# pretrain's step callback is wrapped here, in the test, so the CLI has no such hook.
+_KILLED_RUN = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    import onerec.train
+    from onerec import cli
+
+    real, kill_at = onerec.train.pretrain, int(sys.argv[1])
+
+    def pretrain(*args, on_step=None, **kwargs):
+        def step_then_die(step, loss):
+            if on_step is not None:
+                on_step(step, loss)
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, on_step=step_then_die, **kwargs)
+
+    onerec.train.pretrain = pretrain
+    sys.exit(cli.main(sys.argv[2:]))
+""")
+
+
+def _train_killed_at(step: int, data: Path, out: Path, *extra: str) -> None:
+    args = ["train", "--data", f"seqrec-json:{data}", "--device", "cpu", *TOKENIZER, *SCHEDULE,
+            "--out", str(out), *extra]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(step), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+
+
+def _assert_same_run(out: Path, reference: Path) -> None:
+    """Losses, validations, log and final weights exactly those of the reference run."""
+    full, resumed = _metrics(reference), _metrics(out)
+    assert resumed["train"]["losses"] == full["train"]["losses"]
+    assert resumed["valid"] == full["valid"]
+    assert _log_events(out) == _log_events(reference)
+    for name in ("last.pt", "best.pt"):
+        a, b = (torch.load(f / name, weights_only=False) for f in (out, reference))
+        assert a["step"] == b["step"], name
+        for key, tensor in a["model"].items():
+            assert torch.equal(tensor, b["model"][key]), (name, key)
+    assert TRAIN_FILES <= set(verify_result_folder(out)["files"])
+    assert not (out / ".work").exists()
+
+
+def test_a_killed_first_run_resumes_from_its_periodic_checkpoint_exactly(trained, fixture_dir,
+                                                                          tmp_path, capsys):
+    """SIGKILL after step 5 of a first run checkpointing every 2 steps: DIR has no manifest,
+    the work folder holds step 4 and the tokenizer; --resume finishes equal to the reference."""
+    data, out = fixture_dir[0], tmp_path / "killed"
+    _train_killed_at(5, data, out, "--checkpoint-every", "2")
+    with pytest.raises(IncompleteResultFolder, match="no manifest.json"):
+        verify_result_folder(out)
+    assert checkpoint_info(out / ".work" / "last.pt")["step"] == 4
+    assert {"tokenizer.rqk", "semantic_ids.pt", "train_config.json"} <= {
+        p.name for p in (out / ".work").iterdir()}
+
+    assert _train(data, out, "--checkpoint-every", "2", "--resume") == 0
+    stdout = capsys.readouterr().out
+    assert "resuming the interrupted run in" in stdout and "at step 4 of 6" in stdout
+    assert "tokenizer fit" not in stdout  # the saved tokenizer, not a rebuilt one
+    _assert_same_run(out, trained[0])
+
+
+def test_a_killed_resume_leaves_the_published_run_and_resumes_from_the_work_folder(
+        trained, fixture_dir, tmp_path, capsys):
+    """--stop-after 2 publishes; a resume SIGKILLed after step 5 (checkpoint at 4) leaves that
+    folder verifying as before; a fresh run refuses to drop the checkpoint; --resume goes on
+    from step 4 to the reference's end."""
+    data, out = fixture_dir[0], tmp_path / "pieces"
+    assert _train(data, out, "--stop-after", "2") == 0
+    first = (out / "manifest.json").read_bytes()
+    _train_killed_at(5, data, out, "--resume", "--checkpoint-every", "2")
+    assert (out / "manifest.json").read_bytes() == first
+    assert verify_result_folder(out)  # still the complete step-2 run
+    assert _metrics(out)["train"]["step"] == 2
+    assert checkpoint_info(out / ".work" / "last.pt")["step"] == 4
+    capsys.readouterr()
+
+    assert _train(data, out) == 2  # a fresh run would throw step 4 away
+    err = capsys.readouterr().err
+    assert "holds an interrupted run, checkpointed at step 4 of 6" in err
+    assert "continue it with --resume, or delete" in err
+    assert (out / "manifest.json").read_bytes() == first
+    assert checkpoint_info(out / ".work" / "last.pt")["step"] == 4
+
+    assert _train(data, out, "--resume") == 0
+    assert "at step 4 of 6" in capsys.readouterr().out
+    _assert_same_run(out, trained[0])
+
+
+def test_ctrl_c_keeps_the_work_folder_and_an_unpublished_finished_run_is_published(
+        trained, fixture_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C before the first checkpoint: the hint says so, a fresh run discards that work
+    folder (nothing to lose), a resume trains from step 0 with the saved tokenizer. Ctrl-C
+    while publishing a finished run: --resume publishes it without training, equal to the
+    reference."""
+    data, out = fixture_dir[0], tmp_path / "ctrl_c"
+    real = onerec.train.pretrain
+
+    def interrupted_at_step_1(*args, **kwargs):
+        def on_step(step, loss):
+            raise KeyboardInterrupt
+        return real(*args, **{**kwargs, "on_step": on_step})
+
+    with monkeypatch.context() as m:
+        m.setattr(onerec.train, "pretrain", interrupted_at_step_1)
+        assert _train(data, out) == cli.EXIT_INTERRUPTED
+        err = capsys.readouterr().err
+        assert "no checkpoint yet (--checkpoint-every 50)" in err and "--resume" in err
+        assert not (out / "manifest.json").exists()
+        assert (out / ".work" / "tokenizer.rqk").exists()
+        first_id = json.loads((out / ".work" / "work.json").read_text())["id"]
+        assert _train(data, out) == cli.EXIT_INTERRUPTED
+        assert "discarding" in capsys.readouterr().out
+        assert json.loads((out / ".work" / "work.json").read_text())["id"] != first_id
+
+    def killed_publish(self):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(onerec.results.ResultFolder, "commit", killed_publish)
+        assert _train(data, out, "--resume") == cli.EXIT_INTERRUPTED
+    captured = capsys.readouterr()
+    assert "at step 0 of 6" in captured.out and "tokenizer fit" not in captured.out
+    assert "the checkpoint of step 6 stays in" in captured.err
+    assert not (out / "manifest.json").exists()
+
+    assert _train(data, out, "--resume") == 0
+    assert "the run had ended at step 6 but was not published" in capsys.readouterr().out
+    _assert_same_run(out, trained[0])
+
+
+def test_work_folder_best_checkpoint_follows_the_last_checkpoint(tmp_path):
+    """best.pt saved by a validation after the last checkpoint runs ahead of a resume from it:
+    restore_best puts back the best that last.pt knows (kept by the step hook), or none. A work
+    folder whose id the published train_config.json names is stale."""
+    work = WorkFolder.create(tmp_path, links={}, copies={},
+                             meta={"base_step": 0, "base_seconds": 0.0}, model_config={},
+                             train_config={"command": "test", "options": {}, "train": {}})
+    hook = work.checkpoint_hook()
+    save_checkpoint(work.file("best.pt"), {"step": 2})
+    save_checkpoint(work.file("last.pt"), {"step": 3, "best_step": 2})
+    hook(3, 0.0)  # last.pt saved: best_of_last.pt = best.pt of step 2
+    save_checkpoint(work.file("best.pt"), {"step": 4})  # then the run dies at step 5
+    hook(4, 0.0)
+    work.restore_best(checkpoint_info(work.file("last.pt"))["best_step"])
+    assert checkpoint_info(work.file("best.pt"))["step"] == 2
+    assert checkpoint_info(work.file("best_of_last.pt"))["step"] == 2
+    work.restore_best(0)  # resuming from a checkpoint without a validation yet
+    assert not Path(work.file("best.pt")).exists()
+    assert not Path(work.file("best_of_last.pt")).exists()
+
+    assert not work.published()
+    with onerec.results.ResultFolder(tmp_path, command="test") as out:
+        onerec.jobs.write_json(out.path("train_config.json"), {"work_id": work.meta["id"]})
+    assert work.published()
+    work.discard()
+    assert not work.exists and sorted(p.name for p in tmp_path.iterdir()) == [
+        ".onerec.lock", "manifest.json", "train_config.json"]
 
 
 def test_resume_refuses_other_settings_a_finished_run_and_a_missing_checkpoint(
