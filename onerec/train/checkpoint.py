@@ -107,9 +107,12 @@ def checkpoint_info(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as exc:
-        raise IncompleteCheckpoint(f"checkpoint {path} is incomplete or corrupted: "
-                                   f"{type(exc).__name__}: {exc}") from None
+    except Exception:  # a file torch cannot map (not its zip format): read it whole
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise IncompleteCheckpoint(f"checkpoint {path} is incomplete or corrupted: "
+                                       f"{type(exc).__name__}: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise IncompleteCheckpoint(f"{path} is not an onerec training checkpoint")
     return {k: v for k, v in state.items()
