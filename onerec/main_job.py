@@ -12,8 +12,10 @@ import torch
 from .data import Dataset
 from .pipeline import SemanticIds
 
-# SASRec settings small enough for a CPU demo (the baselines script trains it far longer).
+# SASRec settings small enough for a CPU demo (`onerec run --sasrec`), and the recipe of the
+# published baseline table (docs/evaluation.md; `onerec eval --sasrec`, scripts/eval_baselines.py).
 SASREC_DEMO = {"epochs": 10, "dim": 32, "max_len": 50}
+SASREC_FULL = {"epochs": 100, "dim": 64, "max_len": 100}
 
 
 @dataclass
@@ -151,17 +153,19 @@ def train_run(dataset: Dataset, sids: SemanticIds, trie, config, train_config, *
 def evaluate_against_baselines(dataset: Dataset, sids: SemanticIds, trie, trained: TrainedModel,
                                *, max_users: int | None = None, sasrec: bool = False,
                                seed: int = 0, beam_backend: str | None = None,
-                               split: str = "test", protocols=("exclude", "keep")) -> dict:
+                               split: str = "test", protocols=("exclude", "keep"),
+                               sasrec_options: dict | None = None, beam_width: int = 0) -> dict:
     """compare_rankers of the trained model ("onerec") and the baselines (popularity,
-    co-occurrence, history prior, and with `sasrec` a briefly trained SASRec) on `split`, under
-    `protocols`; the history prior reuses `sids` / `trie`."""
+    co-occurrence, history prior, and with `sasrec` SASRec trained with `sasrec_options`,
+    default SASREC_DEMO) on `split`, under `protocols`; the history prior reuses `sids` /
+    `trie`. beam_width: the model's search width (at least the largest cutoff, 20)."""
     from .eval import OneRecRanker, baseline_rankers, compare_rankers
 
     names = ["popularity", "co-occurrence", "history prior"] + (["sasrec"] if sasrec else [])
     rankers = baseline_rankers(dataset, names=names, seed=seed, sids=sids, trie=trie,
-                               sasrec_options=SASREC_DEMO)
+                               sasrec_options=sasrec_options or SASREC_DEMO)
     rankers["onerec"] = OneRecRanker(trained.model, dataset, trained.item_codes, trie,
-                                     backend=beam_backend)
+                                     backend=beam_backend, beam_width=beam_width)
     table = compare_rankers(dataset, rankers, split=split, protocols=protocols,
                             max_users=max_users)
     if sasrec:

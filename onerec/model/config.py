@@ -135,6 +135,15 @@ PRESETS = {
                          d_ff=64, num_heads=2, num_experts=4, top_k=2, moe_in="both",
                          codebook_sizes=(16, 16, 16), short_len=8, positive_len=16,
                          lifelong_len=64, num_queries=4, qformer_layers=1, num_buckets=16),
+    # The public sequential-recommendation benchmarks (MovieLens, Amazon; histories of tens to
+    # hundreds of items, ~1e5 interactions): tiny's widths, pathways long enough that the
+    # lifelong history needs no compression (a forward then costs ~4x less on a CPU), and
+    # dropout against overfitting such small data.
+    "small": OneRecConfig(name="small", num_encoder_layers=2, num_decoder_layers=2, d_model=64,
+                          d_ff=64, num_heads=2, num_experts=4, top_k=2, moe_in="both",
+                          codebook_sizes=(32, 32, 32), short_len=50, positive_len=32,
+                          lifelong_len=1024, num_queries=8, qformer_layers=1, num_buckets=16,
+                          dropout=0.2),
     "onerec-0.015b": _paper("onerec-0.015b", 4, 128, 256, 4),
     "onerec-0.121b": _paper("onerec-0.121b", 8, 1024, 2048, 8),
     "onerec-0.935b": _paper("onerec-0.935b", 8, 1024, 2048, 8, 24, 2, "decoder"),

@@ -373,12 +373,15 @@ def _table_rows(out: str) -> list[dict]:
 
 def test_eval_prints_the_table_and_republishes_the_folder(trained, capsys):
     out = trained[0]
-    assert cli.main(["eval", "--out", str(out), "--max-users", "20", "--device", "cpu"]) == 0
+    assert cli.main(["eval", "--out", str(out), "--max-users", "20", "--device", "cpu",
+                     "--beam-width", "30", "--sasrec", "--sasrec-epochs", "1"]) == 0
     stdout = capsys.readouterr().out
     assert "checkpoint best (step" in stdout
+    assert "constrained beam search of width 30" in stdout
+    assert re.search(r"sasrec: 1 epochs in [\d.]+ s", stdout)
     rows = _table_rows(stdout)
     assert {r["model"] for r in rows} == {"onerec", "popularity", "co-occurrence",
-                                          "history prior"}
+                                          "history prior", "sasrec"}
     onerec_rows = [r for r in rows if r["model"] == "onerec"]
     assert len(onerec_rows) == 2 and all(r["legal_rate"] == "1.0000" for r in onerec_rows)
     assert "default protocol: exclude" in stdout  # nobody repeats an item in the fixture

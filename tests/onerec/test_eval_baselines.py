@@ -123,3 +123,11 @@ def test_onerec_ranker_untrained_tiny_model(small_synth):
     assert rows["exclude"]["consumed_share"] == 0.0 and rows["keep"]["users"] == 24
     for r in rows.values():
         assert r["legal_rate"] == 1.0 and r["filled_rate"] == 1.0
+    # A wider search returns k items too: the best k of its beams, which are the first k of
+    # the same search asked for more items.
+    from onerec.eval import eval_queries
+    q = eval_queries(ds, "test", 24)
+    wide = OneRecRanker(ranker.model, ds, item_codes, ranker.trie, batch_size=16, beam_width=40)
+    top5, top40 = wide(q, 5, True), wide(q, 40, True)
+    assert top5.shape == (24, 5) and np.array_equal(top5, top40[:, :5])
+    assert not np.array_equal(top5, ranker(q, 5, True))  # the narrow search prunes differently
