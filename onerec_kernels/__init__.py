@@ -8,7 +8,8 @@ from ._native import available as native_available
 from .rq import rq_assign, rq_assign_reference
 from .beam import (BeamSearchResult, SemanticIdTrie, constrained_beam_search,
                    trie_beam_search_step, trie_beam_step_reference)
-from .kmeans import kmeans_step, kmeans_step_reference
+from .kmeans import (grouped_kmeans, grouped_kmeans_reference, kmeans_step,
+                     kmeans_step_reference)
 from .attention import varlen_cross_attention, varlen_cross_attention_reference
 from .moe import (MoeAlignment, fused_moe, fused_moe_reference, moe_align, moe_route,
                   moe_route_reference)
@@ -39,7 +40,7 @@ def backends() -> dict:
 __all__ = [
     "BACKENDS", "backends", "native_available",
     "rq_assign", "rq_assign_reference",
-    "kmeans_step", "kmeans_step_reference",
+    "kmeans_step", "kmeans_step_reference", "grouped_kmeans", "grouped_kmeans_reference",
     "SemanticIdTrie", "BeamSearchResult", "trie_beam_search_step", "trie_beam_step_reference",
     "constrained_beam_search",
     "varlen_cross_attention", "varlen_cross_attention_reference",

@@ -9,25 +9,23 @@ represented by its item nearest the centroid (its row, so ids and categorical fe
 along; continuous features are averaged over the cluster), and the kept items are returned in
 their original (chronological) order. Users with N <= target_len pass through unchanged.
 
-Batching: a round's Lloyd steps for all clusters of all users are `kmeans_step` calls on many
-independent problems at once. kmeans_step solves one problem (every point against every
-centroid), so each cluster's points and centroids are centred on the cluster mean and moved
-to their own point of a coarse grid in 8 extra dimensions, spaced 4x the largest cluster radius
-apart: a point is then always nearer any centroid of its own cluster than one of another, so
-the single call computes every cluster's assignment exactly. The dense call costs
-(points x centroids) of its chunk, so clusters are grouped into chunks under a work budget.
+Batching: a round's Lloyd steps for all clusters of all users are one `grouped_kmeans` call,
+each cluster's items compared only with its own centroids, so a round costs
+sum(size x k) x D per step (not (all items) x (all centroids) as one dense k-means over every
+cluster would), and a cluster stops iterating once its assignments repeat (an exact fixed
+point: more steps would change nothing). Distances are exact fp32 differences summed in one
+fixed order, so the "torch" and "cpp" backends give identical results on CPU.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from onerec_kernels import kmeans_step
+from onerec_kernels import grouped_kmeans
+from onerec_kernels.kmeans.op import GROUPED_SUPPORTED
 
-_GRID_DIMS = 8
-_PAIR_BUDGET = 1 << 26  # points x centroids of one kmeans_step call
+_KEY_SCALE = 1 << 24  # torch.rand's fp32 values are multiples of 2^-24
 
 
 @dataclass
@@ -43,49 +41,6 @@ class CompressedHistory:
     continuous: torch.Tensor | None
 
 
-def _grid_points(num_groups: int, spacing: float, device, dtype) -> torch.Tensor:
-    """(num_groups, 8) distinct grid points, >= spacing apart, centred on 0."""
-    base = max(2, math.ceil(num_groups ** (1.0 / _GRID_DIMS)) + 1)
-    g = torch.arange(num_groups, device=device)
-    digits = torch.stack([(g // base ** j) % base for j in range(_GRID_DIMS)], dim=1)
-    return (digits.to(dtype) - (base - 1) / 2) * spacing
-
-
-def _chunks(sizes: list[int], ks: list[int], budget: int):
-    """Consecutive group ranges [a, b) whose sum(sizes) * sum(ks) stays under budget."""
-    a, n, k = 0, 0, 0
-    for i, (s, c) in enumerate(zip(sizes, ks)):
-        if i > a and (n + s) * (k + c) > budget:
-            yield a, i
-            a, n, k = i, 0, 0
-        n, k = n + s, k + c
-    if a < len(sizes):
-        yield a, len(sizes)
-
-
-def _lloyd_batched(x: torch.Tensor, group: torch.Tensor, cent: torch.Tensor,
-                   cent_group: torch.Tensor, iters: int, backend: str | None) -> torch.Tensor:
-    """k-means of many independent groups in one kmeans_step call per step (the grid trick of
-    the module docstring). x (N, D) fp32, group (N,) in [0, G) sorted; cent (K, D) initial
-    centroids, cent_group (K,) sorted. Returns assignments (N,) into [0, K)."""
-    num_groups = int(cent_group.max()) + 1
-    counts = torch.bincount(group, minlength=num_groups).clamp_min(1)
-    mean = torch.zeros(num_groups, x.shape[1], device=x.device).index_add_(0, group, x)
-    mean /= counts[:, None]
-    xc = x - mean[group]
-    radius = float(xc.norm(dim=1).max()) if xc.numel() else 0.0
-    grid = _grid_points(num_groups, 4.0 * radius + 1e-6, x.device, x.dtype)
-    x_aug = torch.cat([xc, grid[group]], dim=1)
-    tail = grid[cent_group]
-    c = cent - mean[cent_group]
-    assign = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-    for _ in range(iters):
-        assign, sums, cnt, _ = kmeans_step(x_aug, torch.cat([c, tail], dim=1), backend=backend)
-        nonempty = cnt > 0
-        c = torch.where(nonempty[:, None], sums[:, :c.shape[1]] / cnt.clamp_min(1)[:, None], c)
-    return assign
-
-
 def compress_history(item_emb: torch.Tensor, cu_seqlens: torch.Tensor, *, target_len: int = 2000,
                      continuous: torch.Tensor | None = None, iters: int = 8, seed: int = 0,
                      max_rounds: int = 64, backend: str | None = None) -> CompressedHistory:
@@ -98,8 +53,11 @@ def compress_history(item_emb: torch.Tensor, cu_seqlens: torch.Tensor, *, target
         continuous: optional (T, F) float features to average over each cluster.
         iters: Lloyd steps per split. seed: the random initial centroids (distinct items of
             the cluster). max_rounds: a safety bound on the split rounds.
-        backend: of kmeans_step. Deterministic for a seed with the "torch"/"cpp" backends; the
-            Triton kernel's fp32 atomics can change last bits of centroids between runs.
+        backend: of grouped_kmeans ("torch" | "cpp"; None: C++ on CPU, PyTorch on CUDA). The
+            model passes its one kernel backend to every op, so the others ("triton", "cuda":
+            no grouped k-means kernel of theirs) take grouped_kmeans's default. Deterministic
+            for a seed, and identical between "torch" and "cpp" on CPU; on CUDA index_add_'s
+            float64 atomics can move a centroid's last bit (see grouped_kmeans).
     Returns: CompressedHistory (see there). Ids / categorical features of the kept items are
     `ids[result.index]`.
     """
@@ -114,128 +72,149 @@ def compress_history(item_emb: torch.Tensor, cu_seqlens: torch.Tensor, *, target
     if continuous is not None and continuous.shape[0] != item_emb.shape[0]:
         raise ValueError(f"compress_history: continuous must have T = {item_emb.shape[0]} rows, "
                          f"got {continuous.shape[0]}")
+    if backend not in GROUPED_SUPPORTED:
+        backend = None
     dev = item_emb.device
-    lengths = [b - a for a, b in zip(cu, cu[1:])]
-    long_users = [u for u, n in enumerate(lengths) if n > target_len]
-    keep_rows = [torch.arange(cu[u], cu[u + 1]) for u, n in enumerate(lengths) if n <= target_len]
-    keep_size = [torch.ones(lengths[u], dtype=torch.int64) for u, n in enumerate(lengths)
-                 if n <= target_len]
-    rep_rows = torch.empty(0, dtype=torch.int64, device=dev)
-    rep_size = torch.empty(0, dtype=torch.int64, device=dev)
-    rep_cont = None
-    if long_users:
-        rows = torch.cat([torch.arange(cu[u], cu[u + 1]) for u in long_users]).to(dev)
-        owner = torch.cat([torch.full((lengths[u],), i) for i, u in enumerate(long_users)]).to(dev)
-        leaf = torch.tensor([math.ceil(lengths[u] / target_len) for u in long_users], device=dev)
-        x = item_emb[rows].float()
+    total, num_users = item_emb.shape[0], len(cu) - 1
+    lengths_list = [b - a for a, b in zip(cu, cu[1:])]
+    lengths = torch.tensor(lengths_list, device=dev)
+    user_of_row = torch.repeat_interleave(torch.arange(num_users, device=dev), lengths,
+                                          output_size=total)
+    long_user = lengths > target_len
+    keep = ~long_user[user_of_row]  # (T,) pass-through rows, then the representatives
+    size_of_row = torch.ones(total, dtype=torch.int64, device=dev)
+    rep_rows = None
+    if max(lengths_list, default=0) > target_len:
+        rows = torch.nonzero(~keep).squeeze(1)  # user-major, chronological
+        owner = (torch.cumsum(long_user, 0) - 1)[user_of_row[rows]]
+        leaf = (lengths[long_user] + target_len - 1) // target_len
+        x = item_emb.index_select(0, rows).float()
         cluster = _split_rounds(x, owner, leaf, target_len, iters, seed, max_rounds, backend)
-        rep_rows, rep_size, cluster_of_rep = _representatives(x, cluster, rows)
-        if continuous is not None:
-            sums = torch.zeros(rep_rows.shape[0], continuous.shape[1], device=dev,
-                               dtype=torch.float32).index_add_(0, cluster, continuous[rows].float())
-            rep_cont = (sums / rep_size[:, None].to(sums.dtype))[cluster_of_rep]
-    all_rows = torch.cat([r.to(dev) for r in keep_rows] + [rep_rows])
-    all_size = torch.cat([s.to(dev) for s in keep_size] + [rep_size])
-    order = torch.argsort(all_rows)  # packed input is user-major, chronological within a user
-    index, cluster_size = all_rows[order], all_size[order]
-    user_of_row = torch.searchsorted(torch.tensor(cu[1:], device=dev), index, right=True)
-    out_cu = torch.zeros(len(lengths) + 1, dtype=torch.int64, device=dev)
-    out_cu[1:] = torch.bincount(user_of_row, minlength=len(lengths)).cumsum(0)
+        rep, rep_size = _representatives(x, cluster)
+        rep_rows = rows[rep]
+        keep[rep_rows] = True
+        size_of_row[rep_rows] = rep_size
+    index = torch.nonzero(keep).squeeze(1)  # kept rows in their original order
+    cluster_size = size_of_row[index]
+    out_cu = torch.zeros(num_users + 1, dtype=torch.int64, device=dev)
+    out_cu[1:] = torch.bincount(user_of_row[index], minlength=num_users).cumsum(0)
     cont = None
     if continuous is not None:
         # Pass-through rows copy their features exactly; kept cluster rows take the means.
         cont = continuous[index].clone()
-        if rep_cont is not None and rep_rows.numel():
-            pos = torch.searchsorted(index, rep_rows)
-            cont[pos] = rep_cont.to(cont.dtype)
+        if rep_rows is not None:
+            sums = torch.zeros(rep_rows.shape[0], continuous.shape[1], device=dev,
+                               dtype=torch.float32).index_add_(0, cluster, continuous[rows].float())
+            means = sums / rep_size[:, None].to(sums.dtype)
+            cont[torch.searchsorted(index, rep_rows)] = means.to(cont.dtype)
     return CompressedHistory(index=index, cu_seqlens=out_cu, cluster_size=cluster_size,
                              continuous=cont)
 
 
+def _split_counts(sizes, c_user, leaf, target_len) -> torch.Tensor:
+    """Clusters each cluster splits into this round (1: stays): about cbrt(size) for clusters
+    above their user's leaf size, capped so no user passes target_len clusters, the largest
+    clusters of a user served first. c_user is non-decreasing (clusters are numbered user by
+    user, see _split)."""
+    num_users = leaf.shape[0]
+    want = torch.where(sizes > leaf[c_user], torch.round(sizes.double() ** (1 / 3)).long().clamp_min(2),
+                       torch.ones_like(sizes)).minimum(sizes)
+    # Usually no user would pass the cap: then want is the answer (one check, no sort).
+    if bool((torch.zeros_like(leaf).index_add_(0, c_user, want) <= target_len).all()):
+        return want
+    per_user = torch.bincount(c_user, minlength=num_users)
+    budget = target_len - per_user
+    # By user, then size descending, then id: one stable sort; it permutes within users only.
+    top = sizes.max()
+    order = torch.argsort(c_user * (top + 1) + (top - sizes), stable=True)
+    extra = (want - 1)[order]
+    before = torch.cumsum(extra, 0) - extra  # extra clusters granted before, over all users
+    user_first = torch.cumsum(per_user, 0) - per_user  # each user's first position in order
+    before = before - before[user_first[c_user]]
+    allowed = (budget[c_user] - before).clamp_min(0)
+    k = torch.ones_like(sizes)
+    k[order] = 1 + extra.minimum(allowed)
+    return k
+
+
 def _split_rounds(x, owner, leaf, target_len, iters, seed, max_rounds, backend) -> torch.Tensor:
-    """Cluster id (compact, in [0, C)) of every item after the recursive splitting."""
+    """Cluster id (compact, in [0, C)) of every item after the recursive splitting.
+
+    The clusters are kept as segments of `order` (item indices sorted by cluster id, each
+    cluster's items in their original order) with their sizes and users, so a round needs no
+    sort of all items: only the items of the clusters that split are regrouped."""
     dev = x.device
     gen = torch.Generator().manual_seed(seed)
-    cluster = owner.clone()  # one cluster per user to start
-    num_users = int(owner.max()) + 1
+    order = torch.arange(x.shape[0], device=dev)  # owner is sorted: one cluster per user
+    sizes = torch.bincount(owner, minlength=leaf.shape[0])
+    c_user = torch.arange(leaf.shape[0], device=dev)
     for _ in range(max_rounds):
-        num_clusters = int(cluster.max()) + 1
-        sizes = torch.bincount(cluster, minlength=num_clusters)
-        c_user = torch.zeros(num_clusters, dtype=torch.int64, device=dev).scatter_(0, cluster, owner)
-        want = torch.where(sizes > leaf[c_user], torch.round(sizes.double() ** (1 / 3)).long().clamp_min(2),
-                           torch.ones_like(sizes)).minimum(sizes)
-        # Per-user cap: at most target_len clusters; the largest clusters get the budget first.
-        budget = target_len - torch.bincount(c_user, minlength=num_users)
-        order = torch.argsort(-sizes, stable=True)
-        order = order[torch.argsort(c_user[order], stable=True)]  # by user, then size desc
-        extra = (want - 1)[order]
-        before = extra.cumsum(0) - extra
-        user_sorted = c_user[order]
-        first = torch.searchsorted(user_sorted, user_sorted)  # each user's first position
-        before = before - before[first]
-        allowed = (budget[user_sorted] - before).clamp_min(0)
-        k = torch.ones_like(sizes)
-        k[order] = 1 + extra.minimum(allowed)
+        k = _split_counts(sizes, c_user, leaf, target_len)
         split = k > 1
         if not bool(split.any()):
             break
-        new_cluster = _split(x, cluster, split, k, iters, gen, backend)
-        if int(new_cluster.max()) + 1 == num_clusters:
+        new = _split(x, order, sizes, c_user, split, k, iters, gen, backend)
+        if new[1].shape[0] == sizes.shape[0]:
             break  # no split produced a second non-empty cluster (e.g. duplicate items)
-        cluster = new_cluster
+        order, sizes, c_user = new
+    cluster = torch.empty_like(order)
+    cluster[order] = torch.repeat_interleave(torch.arange(sizes.shape[0], device=dev), sizes,
+                                             output_size=order.shape[0])
     return cluster
 
 
-def _split(x, cluster, split, k, iters, gen, backend) -> torch.Tensor:
-    """One round: k-means each cluster with split[c] into k[c] clusters; renumber compactly in
-    (old cluster, new centroid) order."""
+def _split(x, order, sizes, c_user, split, k, iters, gen, backend):
+    """One round: k-means each cluster with split[c] into k[c] clusters (k[c] random distinct
+    items as initial centroids); renumber compactly in (old cluster, new centroid) order, which
+    keeps the clusters numbered user by user. Returns the new (order, sizes, c_user)."""
     dev = x.device
-    moving = split[cluster]
-    item_idx = torch.nonzero(moving).squeeze(1)
-    # Groups = the clusters being split, renumbered 0..G-1 in cluster order; items sorted by group.
-    group_of_cluster = torch.cumsum(split.long(), 0) - 1
-    item_idx = item_idx[torch.argsort(cluster[item_idx], stable=True)]
-    g_item = group_of_cluster[cluster[item_idx]]
-    k_group = k[split]
-    # Initial centroids: k distinct random items of each group (random keys, ranked per group).
-    keys = torch.rand(item_idx.shape[0], generator=gen).to(dev)
-    perm = torch.argsort(keys)
-    perm = perm[torch.argsort(g_item[perm], stable=True)]
-    g_sorted = g_item[perm]
-    group_start = torch.searchsorted(g_sorted, g_sorted)
-    rank = torch.arange(perm.shape[0], device=dev) - group_start
-    pick = perm[rank < k_group[g_sorted]]  # grouped, k_group[g] per group
-    cent_group = g_item[pick]
-    cent_offset = torch.cumsum(k_group, 0) - k_group  # first centroid of each group
-    assign = torch.empty(item_idx.shape[0], dtype=torch.int64, device=dev)
-    g_sizes = torch.bincount(g_item, minlength=k_group.shape[0]).tolist()
-    item_start = [0] + torch.tensor(g_sizes).cumsum(0).tolist()
-    c_start = [0] + k_group.cumsum(0).tolist()
-    for a, b in _chunks(g_sizes, k_group.tolist(), _PAIR_BUDGET):
-        xs = x[item_idx[item_start[a]:item_start[b]]]
-        local = _lloyd_batched(xs, g_item[item_start[a]:item_start[b]] - a,
-                               x[item_idx[pick[c_start[a]:c_start[b]]]],
-                               cent_group[c_start[a]:c_start[b]] - a, iters, backend)
-        assign[item_start[a]:item_start[b]] = local + c_start[a]
-    # New ids: unsplit clusters keep one slot, split ones get k slots (empty ones vanish below).
+    num_clusters = sizes.shape[0]
+    seg = torch.repeat_interleave(torch.arange(num_clusters, device=dev), sizes,
+                                  output_size=order.shape[0])  # cluster of each position
+    pos = torch.nonzero(split[seg]).squeeze(1)  # positions of the moving items
+    item_idx = order[pos]  # grouped: the clusters being split, in id order
+    g_sizes, k_group = sizes[split], k[split]
+    num_moving = pos.shape[0]
+    g_item = torch.repeat_interleave(torch.arange(g_sizes.shape[0], device=dev), g_sizes,
+                                     output_size=num_moving)
+    zero = torch.zeros(1, dtype=torch.int64, device=dev)
+    x_off = torch.cat([zero, g_sizes.cumsum(0)])
+    c_off = torch.cat([zero, k_group.cumsum(0)])
+    # Initial centroids: the k items of lowest random key in each group, by one sort on
+    # (group, key): torch.rand's fp32 keys are multiples of 2^-24, so key * 2^24 is an exact
+    # integer below 2^24 (an int64 sort is several times faster than a float one).
+    keys = (torch.rand(num_moving, generator=gen) * _KEY_SCALE).long().to(dev)
+    perm = torch.argsort(g_item * _KEY_SCALE + keys, stable=True)
+    rank = torch.arange(num_moving, device=dev) - x_off[g_item]  # sorted position - group start
+    pick = perm[rank < k_group[g_item]]
+    x_moving = x.index_select(0, item_idx)  # index_select: ~5x faster than x[idx] on CPU
+    assign, _ = grouped_kmeans(x_moving, x_moving.index_select(0, pick), x_off, c_off,
+                               iters=iters, backend=backend)
+    # New ids: unsplit clusters keep one slot, split ones get k slots (empty ones vanish).
     slots = torch.where(split, k, torch.ones_like(k))
     slot0 = torch.cumsum(slots, 0) - slots
-    new = slot0[cluster]
-    new[item_idx] = slot0[cluster[item_idx]] + (assign - cent_offset[g_item])
-    return torch.unique(new, return_inverse=True)[1]
+    new_id = slot0[seg]
+    new_id[pos] += assign - c_off[g_item]
+    slot_sizes = torch.bincount(new_id)
+    present = slot_sizes > 0
+    slot_user = torch.repeat_interleave(c_user, slots)[:slot_sizes.shape[0]]
+    # The moving items regrouped by new cluster: the same positions, sorted by centroid.
+    new_order = order.clone()
+    new_order[pos] = item_idx[torch.argsort(assign, stable=True)]
+    return new_order, slot_sizes[present], slot_user[present]
 
 
-def _representatives(x, cluster, rows):
-    """Per cluster: the row of the item nearest its centroid (ties: the earliest), the cluster
-    size; and for each representative its cluster id."""
+def _representatives(x, cluster):
+    """Per cluster: the item nearest its centroid (ties: the earliest) and the cluster size."""
     num_clusters = int(cluster.max()) + 1
     size = torch.bincount(cluster, minlength=num_clusters)
     cent = torch.zeros(num_clusters, x.shape[1], device=x.device).index_add_(0, cluster, x)
     cent /= size[:, None]
-    dist = (x - cent[cluster]).square().sum(1)
+    dist = (x - cent.index_select(0, cluster)).square_().sum(1)
     best = torch.full((num_clusters,), float("inf"), device=x.device).scatter_reduce(
         0, cluster, dist, "amin")
-    cand = torch.where(dist <= best[cluster], rows, torch.iinfo(torch.int64).max)
+    items = torch.arange(x.shape[0], device=x.device)
+    cand = torch.where(dist <= best[cluster], items, torch.iinfo(torch.int64).max)
     rep = torch.full((num_clusters,), torch.iinfo(torch.int64).max, device=x.device).scatter_reduce(
         0, cluster, cand, "amin")
-    return rep, size, torch.arange(num_clusters, device=x.device)
+    return rep, size

@@ -1,5 +1,6 @@
-"""One fused Lloyd step of k-means (assignment + per-centroid sums/counts + inertia)."""
-from .op import kmeans_step
-from .reference import kmeans_step_reference
+"""k-means: one fused Lloyd step (assignment + per-centroid sums/counts + inertia), and whole
+Lloyd runs of many small independent problems at once (grouped_kmeans)."""
+from .op import grouped_kmeans, kmeans_step
+from .reference import grouped_kmeans_reference, kmeans_step_reference
 
-__all__ = ["kmeans_step", "kmeans_step_reference"]
+__all__ = ["kmeans_step", "kmeans_step_reference", "grouped_kmeans", "grouped_kmeans_reference"]

@@ -1,4 +1,5 @@
-"""`kmeans_step`: public function, custom-op registration and fake (meta) kernels.
+"""`kmeans_step` and `grouped_kmeans`: public functions, custom-op registration and fake (meta)
+kernels.
 
 Same layering as `rq_assign`: a private custom op per raw kernel (`onerec::kmeans_step_triton`,
 `onerec_C::kmeans_step` in C++), each with a fake kernel so torch.compile can trace it; one
@@ -12,7 +13,7 @@ import torch
 from .. import _backend, _native
 from .._checks import (FLOATS, check_dim, check_distance_range, check_positive, check_same,
                        check_tensor)
-from .reference import kmeans_step_reference
+from .reference import grouped_kmeans_reference, kmeans_step_reference
 
 OP = "kmeans_step"
 SUPPORTED = ("torch", "triton", "cpp")
@@ -36,8 +37,15 @@ def _kmeans_step_triton_op(x: torch.Tensor, centroids: torch.Tensor
 
 _kmeans_step_triton_op.register_fake(_fake_outputs)
 
+def _fake_grouped(x, centroids, x_offsets, centroid_offsets, iters):
+    return (x.new_empty((x.shape[0],), dtype=torch.int64),
+            centroids.new_empty(centroids.shape, dtype=torch.float32))
+
+
 if _native.available():
     torch.library.register_fake("onerec_C::kmeans_step")(_fake_outputs)
+    if _native.has_kernel("grouped_kmeans", "CPU"):
+        torch.library.register_fake("onerec_C::grouped_kmeans")(_fake_grouped)
 
 
 def _validate(x, centroids) -> None:
@@ -109,3 +117,90 @@ def kmeans_step(x: torch.Tensor, centroids: torch.Tensor, *, backend: str | None
     if backend == "triton":
         return _kmeans_step_triton_op(x, centroids)
     return torch.ops.onerec_C.kmeans_step(x, centroids)
+
+
+GROUPED_OP = "grouped_kmeans"
+GROUPED_SUPPORTED = ("torch", "cpp")
+GROUPED_DEFAULT_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("torch",)}
+
+
+def _validate_grouped(x, centroids, x_offsets, centroid_offsets, iters) -> None:
+    op = GROUPED_OP
+    check_tensor(op, "x", x, ndim=2, dtypes=FLOATS)
+    check_tensor(op, "centroids", centroids, ndim=2, dtypes=FLOATS)
+    check_same(op, ("x", "centroids"), (x, centroids))
+    check_dim(op, "centroids", centroids, 1, x.shape[1], "D, the embedding size of x")
+    check_positive(op, "x.shape[1]", x.shape[1], "D")
+    for name, t in (("x_offsets", x_offsets), ("centroid_offsets", centroid_offsets)):
+        check_tensor(op, name, t, ndim=1, dtypes=(torch.int32, torch.int64))
+        check_same(op, ("x", name), (x, t), dtype=False)
+        check_positive(op, f"{name}.shape[0]", t.shape[0], "G + 1, one more than the groups")
+    check_dim(op, "centroid_offsets", centroid_offsets, 0, x_offsets.shape[0],
+              "G + 1, as in x_offsets")
+    if not isinstance(iters, int) or isinstance(iters, bool):
+        raise TypeError(f"{op}: iters must be an int, got {type(iters).__name__}")
+    check_positive(op, "iters", iters, "the number of Lloyd steps")
+    # Offset values: one host transfer for both (a sync on CUDA, where the torch path needs the
+    # group sizes on the host anyway), and one check on the fast path.
+    both = torch.stack([x_offsets.long(), centroid_offsets.long()]).cpu()
+    steps = both[:, 1:] - both[:, :-1]
+    ends = both[:, [0, -1]].tolist()
+    if (ends == [[0, x.shape[0]], [0, centroids.shape[0]]]
+            and not bool(((steps < 0).any(1) | ((steps[0] > 0) & (steps[1] == 0)).any()).any())):
+        return
+    for name, o, total in (("x_offsets", both[0], x.shape[0]),
+                           ("centroid_offsets", both[1], centroids.shape[0])):
+        if int(o[0]) != 0 or int(o[-1]) != total or bool((o[1:] < o[:-1]).any()):
+            raise ValueError(f"{op}: {name} must start at 0, not decrease and end at {total}, "
+                             f"got {o.tolist() if o.numel() <= 12 else o}")
+    g = int(torch.nonzero((steps[0] > 0) & (steps[1] == 0))[0])
+    raise ValueError(f"{op}: group {g} has {int(steps[0, g])} rows of x but no centroid "
+                     "(centroid_offsets must give every group with rows at least one)")
+
+
+def grouped_kmeans(x: torch.Tensor, centroids: torch.Tensor, x_offsets: torch.Tensor,
+                   centroid_offsets: torch.Tensor, *, iters: int, backend: str | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means of many small independent problems in one call: `iters` Lloyd steps per group,
+    each row compared only with its own group's centroids.
+
+    Args:
+        x: (N, D) float32 / float16 / bfloat16 points, grouped: group g owns rows
+            x_offsets[g]:x_offsets[g+1]. N may be 0.
+        centroids: (K, D), same dtype and device; group g's initial centroids are rows
+            centroid_offsets[g]:centroid_offsets[g+1] (at least one wherever the group has
+            rows; a group may have more centroids than rows).
+        x_offsets, centroid_offsets: (G + 1,) int32/int64 on x's device, starting at 0,
+            non-decreasing, ending at N and K.
+        iters: Lloyd steps (>= 1).
+        backend: "torch" | "cpp" | None (None: the C++ kernel on CPU, the PyTorch
+            implementation on CUDA; ONEREC_BACKEND can override).
+
+    Semantics, per group: a_i = argmin_j ||x_i - c_j||^2 over the group's centroids, from exact
+    differences in float32 summed in a fixed lane order (csrc/core/kmeans.h) that both backends
+    share, so their distances are bit-identical; ties go to the lowest j; NaN never wins, and a
+    row with no finite distance gets the group's first centroid. Then every centroid that got
+    rows becomes their mean (summed in float64, rounded to float32 once); the others keep their
+    value. A group whose step repeats the previous assignments has converged and stops (the
+    answer is that of all `iters` steps). fp16/bf16 inputs are widened to float32 first.
+
+    Returns:
+        assignments: (N,) int64 global centroid indices in [0, K), from the last step.
+        centroids: (K, D) float32, the means of those assignments (unassigned ones unchanged).
+        No output requires grad.
+        Determinism: "cpp" is deterministic for any thread count (each group is computed by one
+        thread in a fixed order), and on CPU the two backends return identical tensors. On CUDA
+        the torch path's index_add_ accumulates the float64 sums with atomics (unless
+        torch.use_deterministic_algorithms is on), which can move a centroid's last bit.
+        Range: the squared distances are fp32; values beyond ~sqrt(FLT_MAX / D) make them inf
+        (then never the minimum, as above).
+    Cost: O(sum_g N_g K_g D) per step, against O(N K D) for one kmeans_step over all groups.
+    """
+    _validate_grouped(x, centroids, x_offsets, centroid_offsets, iters)
+    backend = _backend.resolve(GROUPED_OP, backend, x.device, GROUPED_SUPPORTED,
+                               GROUPED_DEFAULT_ORDER, native_op="grouped_kmeans")
+    x, centroids = x.detach(), centroids.detach()
+    if backend == "torch":
+        return grouped_kmeans_reference(x, centroids, x_offsets, centroid_offsets, iters)
+    return torch.ops.onerec_C.grouped_kmeans(x, centroids, x_offsets.long(),
+                                             centroid_offsets.long(), iters)

@@ -1,5 +1,5 @@
-// CTest executable for onerec::kmeans_step_cpu (torch-free core): brute force in double is the
-// oracle. Exits non-zero on the first failed check.
+// CTest executable for onerec::kmeans_step_cpu and onerec::grouped_kmeans_cpu (torch-free core):
+// brute force in double is the oracle. Exits non-zero on the first failed check.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -102,6 +102,57 @@ static void test_ties_pick_lowest_index() {
   CHECK(o.counts[0] == 2 && o.counts[1] == 0, "tie counts");
 }
 
+// grouped_kmeans_cpu, one step: each row at the double-precision nearest of its own group's
+// centroids (up to fp32 rounding), each centroid the mean of its rows; then a converged run is
+// the same for 1 and 3 threads, bit for bit.
+static void test_grouped(unsigned seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist;
+  const int64_t d = 11;
+  const std::vector<int64_t> rows = {0, 9, 1, 40, 3}, ks = {1, 3, 1, 5, 4};
+  std::vector<int64_t> xo = {0}, co = {0};
+  for (size_t g = 0; g < rows.size(); ++g) {
+    xo.push_back(xo.back() + rows[g]);
+    co.push_back(co.back() + ks[g]);
+  }
+  const int64_t n = xo.back(), k = co.back(), groups = static_cast<int64_t>(rows.size());
+  std::vector<float> x(n * d), c(k * d);
+  for (auto& v : x) v = dist(gen);
+  for (auto& v : c) v = dist(gen);
+  std::vector<float> cent = c;
+  std::vector<int64_t> assign(n, -1);
+  onerec::grouped_kmeans_cpu(x.data(), d, xo.data(), co.data(), groups, 1, cent.data(),
+                             assign.data(), 2);
+  std::vector<double> sums(k * d, 0.0);
+  std::vector<int64_t> counts(k, 0);
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t i = xo[g]; i < xo[g + 1]; ++i) {
+      const Nearest nn = brute_nearest(x.data() + i * d, c.data() + co[g] * d, ks[g], d);
+      const int64_t got = assign[i] - co[g];
+      CHECK(got >= 0 && got < ks[g], "row %lld left its group: %lld", (long long)i,
+            (long long)assign[i]);
+      if (got < 0 || got >= ks[g]) continue;
+      if (got != nn.arg)
+        CHECK(nn.second - nn.best < 1e-4, "row %lld: got %lld want %lld", (long long)i,
+              (long long)got, (long long)nn.arg);
+      counts[assign[i]] += 1;
+      for (int64_t t = 0; t < d; ++t) sums[assign[i] * d + t] += x[i * d + t];
+    }
+  }
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t t = 0; t < d; ++t) {
+      const float want = counts[j] ? static_cast<float>(sums[j * d + t] / counts[j]) : c[j * d + t];
+      CHECK(cent[j * d + t] == want, "centroid %lld,%lld: %g vs %g", (long long)j, (long long)t,
+            cent[j * d + t], want);
+    }
+  std::vector<float> c1 = c, c3 = c;
+  std::vector<int64_t> a1(n), a3(n);
+  onerec::grouped_kmeans_cpu(x.data(), d, xo.data(), co.data(), groups, 50, c1.data(), a1.data(), 1);
+  onerec::grouped_kmeans_cpu(x.data(), d, xo.data(), co.data(), groups, 50, c3.data(), a3.data(), 3);
+  CHECK(a1 == a3 && std::memcmp(c1.data(), c3.data(), sizeof(float) * k * d) == 0,
+        "grouped_kmeans_cpu depends on the thread count");
+}
+
 int main() {
   // Every CPU path of the nearest-code search this machine supports.
   for (const onerec::CpuIsa isa :
@@ -114,6 +165,7 @@ int main() {
     test_random(97, 100, 33, 2, 3, true);
     test_random(1025, 17, 300, 4, 4, false);  // K > rows per worker, several workers
     test_random(300, 9, 7, 8, 5, true);
+    test_grouped(6);
   }
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);

@@ -1,8 +1,12 @@
 """compress_history: length cap, real items in time order, exact pass-through, determinism,
-and that the batched k-means splits clusters like per-cluster k-means would (grid trick)."""
+identical results from the torch and cpp backends, and the splits being per-cluster k-means
+(the grouped_kmeans op itself is tested in tests/kernels/test_kmeans.py)."""
+import pytest
 import torch
 
-from onerec.model.compress import _lloyd_batched, compress_history
+from onerec.model import compress as compress_mod
+from onerec.model.compress import compress_history
+from onerec_kernels import _native
 
 
 def history(lengths, dim=8, num_items=50):
@@ -54,14 +58,49 @@ def test_duplicate_items_terminate():
     assert 1 <= out.index.shape[0] <= 10
 
 
-def test_batched_lloyd_keeps_groups_apart(seed):
-    """Groups far apart or overlapping: every point is assigned to a centroid of its own group,
-    as if each group ran k-means alone."""
-    groups = [torch.randn(n, 6) + shift for n, shift in [(40, 0.0), (25, 0.0), (30, 50.0)]]
-    x = torch.cat(groups)
-    group = torch.cat([torch.full((g.shape[0],), i) for i, g in enumerate(groups)])
-    ks = [3, 2, 4]
-    cent = torch.cat([g[:k] for g, k in zip(groups, ks)])
-    cent_group = torch.cat([torch.full((k,), i) for i, k in enumerate(ks)])
-    assign = _lloyd_batched(x, group, cent, cent_group, iters=5, backend="torch")
-    assert torch.equal(cent_group[assign], group)
+@pytest.mark.skipif(not _native.has_kernel("grouped_kmeans", "CPU"),
+                    reason="native extension without onerec_C::grouped_kmeans")
+def test_torch_and_cpp_backends_identical(seed):
+    """Both backends compute the same distances bit for bit, so every split, kept row, size and
+    feature mean is the same."""
+    emb, cu, _ = history([700, 3, 65, 230, 64, 90], dim=13)
+    cont = torch.randn(emb.shape[0], 2)
+    a = compress_history(emb, cu, target_len=64, continuous=cont, seed=seed, backend="torch")
+    b = compress_history(emb, cu, target_len=64, continuous=cont, seed=seed, backend="cpp")
+    for name in ("index", "cu_seqlens", "cluster_size", "continuous"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_model_backends_without_grouped_kmeans_use_the_default(seed):
+    """The model passes its one backend (e.g. "triton") to every op; compress_history then runs
+    grouped_kmeans's default for the device instead of failing."""
+    emb, cu, _ = history([150, 20])
+    a = compress_history(emb, cu, target_len=30, seed=seed, backend="triton")
+    b = compress_history(emb, cu, target_len=30, seed=seed, backend=None)
+    assert torch.equal(a.index, b.index) and torch.equal(a.cluster_size, b.cluster_size)
+
+
+def test_splits_are_per_cluster_kmeans(seed, monkeypatch):
+    """Every round's grouped k-means equals k-means run on each cluster alone: the same initial
+    centroids, each cluster's items against its own centroids only (clusters far apart and
+    overlapping alike)."""
+    calls = []
+    real = compress_mod.grouped_kmeans
+
+    def spy(x, c, x_off, c_off, *, iters, backend):
+        out = real(x, c, x_off, c_off, iters=iters, backend=backend)
+        calls.append((x, c, x_off, c_off, iters, out[0]))
+        return out
+
+    monkeypatch.setattr(compress_mod, "grouped_kmeans", spy)
+    emb, cu, _ = history([300, 200, 120], dim=6)
+    emb[300:500] += 50.0  # one user far from the others (no effect on per-user clusters)
+    compress_history(emb, cu, target_len=20, iters=4, seed=seed, backend="torch")
+    assert len(calls) >= 2, "expected several split rounds"
+    zero = torch.zeros(1, dtype=torch.int64)
+    for x, c, x_off, c_off, iters, assign in calls:
+        for g in range(x_off.shape[0] - 1):
+            r0, r1, c0, c1 = int(x_off[g]), int(x_off[g + 1]), int(c_off[g]), int(c_off[g + 1])
+            alone, _ = real(x[r0:r1], c[c0:c1], torch.cat([zero, zero + r1 - r0]),
+                            torch.cat([zero, zero + c1 - c0]), iters=iters, backend="torch")
+            assert torch.equal(assign[r0:r1], alone + c0), f"group {g}"
