@@ -157,24 +157,35 @@ class Validator:
     """Recall@k of validation targets for a fixed set of users, from model.recommend.
 
     The batch is built once (host) and moved to the device once; the users are the first
-    `max_users` with a validation target, so every evaluation scores the same queries."""
+    `max_users` with a validation target, so every evaluation scores the same queries.
+    exclude: mask each user's consumed items inside the search (None: the dataset's default
+    protocol, `onerec.eval.default_exclude_consumed`, as the final evaluation does)."""
 
     def __init__(self, dataset: Dataset, item_codes: torch.Tensor, config, trie: SemanticIdTrie,
                  *, split: str = "valid", max_users: int = 256, k: int = 10,
                  beam_width: int = 10, history_len: int | None = None, chunk: int = 128,
-                 device="cpu"):
+                 exclude: bool | None = None, device="cpu"):
+        from onerec.eval.baselines import default_exclude_consumed
+
+        self.exclude = default_exclude_consumed(dataset)[0] if exclude is None else exclude
         users, items, times = dataset.targets(split)
         if users.size == 0:
             raise ValueError(f"Validator: {dataset.name} has no {split} targets")
         users, items, times = users[:max_users], items[:max_users], times[:max_users]
         self.targets = torch.from_numpy(items.astype(np.int64))
         self.trie, self.k, self.beam_width, self.device = trie, k, beam_width, device
-        self.batches = []
+        self.batches, self.excluded = [], []
         for s in range(0, users.size, chunk):
-            paths = build_pathways(dataset, users[s:s + chunk], times[s:s + chunk],
-                                   short_len=config.short_len, positive_len=config.positive_len,
-                                   lifelong_len=history_len)
+            u, t = users[s:s + chunk], times[s:s + chunk]
+            paths = build_pathways(dataset, u, t, short_len=config.short_len,
+                                   positive_len=config.positive_len, lifelong_len=history_len)
             self.batches.append(encoder_batch(paths, item_codes, config, dataset).to(device))
+            extra = {}
+            if self.exclude:  # everything before the target, however long the model's cap
+                hist = build_pathways(dataset, u, t, short_len=0, positive_len=0).lifelong
+                extra = {"exclude_offsets": hist.offsets.to(device),
+                         "exclude_items": hist.item.to(device)}
+            self.excluded.append(extra)
 
     @torch.no_grad()
     def __call__(self, model: OneRec, autocast=None) -> dict:
@@ -182,9 +193,9 @@ class Validator:
         model.eval()
         items, legal, total = [], 0, 0
         try:
-            for b in self.batches:
+            for b, extra in zip(self.batches, self.excluded):
                 with autocast() if autocast else _null():
-                    res = model.recommend(b, self.trie, self.beam_width)
+                    res = model.recommend(b, self.trie, self.beam_width, **extra)
                 finite = torch.isfinite(res.scores)
                 codes = res.codes[finite].reshape(-1, res.codes.shape[-1])
                 legal += int(self.trie.contains(codes).sum()) if codes.numel() else 0
@@ -194,7 +205,8 @@ class Validator:
             model.train(was_training)
         hits = (torch.cat(items) == self.targets[:, None]).any(1)
         return {"recall": hits.float().mean().item(), "legal_rate": legal / max(total, 1),
-                "users": int(hits.numel()), "k": self.k}
+                "users": int(hits.numel()), "k": self.k,
+                "protocol": "exclude" if self.exclude else "keep"}
 
 
 class _null:

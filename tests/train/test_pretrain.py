@@ -207,6 +207,35 @@ def test_early_stopping_and_plot(world, tmp_path):
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_validation_masks_consumed_items_under_the_exclude_protocol(world):
+    """The validator follows the dataset's default protocol (this world re-consumes items:
+    keep) unless told; with exclude=True no validation list holds an item the user consumed
+    before the target, and the lists stay full."""
+    ds, codes, cfg = world
+    model = fresh(cfg).eval()
+    trie = SemanticIdTrie(codes, cfg.codebook_sizes, item_ids=torch.arange(ds.num_items))
+    assert Validator(ds, codes, cfg, trie, max_users=12, history_len=24)(model)["protocol"] \
+        == "keep"
+    v = Validator(ds, codes, cfg, trie, max_users=12, history_len=24, exclude=True, k=10,
+                  beam_width=10)
+    seen = []
+    real = model.recommend
+
+    def spy(*args, **kw):
+        res = real(*args, **kw)
+        off, items = kw["exclude_offsets"], kw["exclude_items"]
+        for u in range(res.item_ids.shape[0]):
+            seen.append((set(res.item_ids[u].tolist()), set(items[off[u]:off[u + 1]].tolist())))
+        return res
+
+    model.recommend = spy
+    m = v(model)
+    assert m["protocol"] == "exclude" and m["legal_rate"] == 1.0 and len(seen) == 12
+    assert any(consumed for _, consumed in seen)
+    for recommended, consumed in seen:
+        assert -1 not in recommended and not recommended & consumed
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="beam_width"):
         TrainConfig(eval_k=10, beam_width=5)
@@ -244,7 +273,7 @@ def test_ml100k_tiny_beats_popularity():
     codes = as_item_codes(sids, ds.num_items)
     trie = SemanticIdTrie(codes, cfg.codebook_sizes, item_ids=torch.arange(ds.num_items))
     m = Validator(ds, codes, cfg, trie, split="test", max_users=ds.num_users,
-                  history_len=32)(model)
+                  history_len=32, exclude=False)(model)
     _, targets, _ = ds.targets("test")
     counts = np.bincount(ds.interactions.item[ds.split.train], minlength=ds.num_items)
     top10 = np.argsort(-counts, kind="stable")[:10]
