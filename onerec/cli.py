@@ -865,7 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "CPU)")
     ev.add_argument("--sasrec-epochs", type=positive, default=None,
                     help="SASRec training epochs (default: the recipe's 100)")
-    ev.add_argument("--beam-width", type=positive, default=50,
+    ev.add_argument("--beam-width", type=positive, default=20,
                     help="beams of OneRec's constrained search (at least 20, the largest "
                          "cutoff; wider finds better items that a narrow search prunes early)")
     ev.add_argument("--seed", type=nonneg, default=0, help="random seed (SASRec)")
