@@ -143,6 +143,41 @@ def autotune_configs(kernel: str) -> list[triton.Config]:
     return out
 
 
+# grouped_kmeans's tile step (onerec_kernels/kmeans/triton_kernels.py, not a nearest-code
+# kernel: exact fp32 differences, no tl.dot for the distances): (BLOCK_N rows per block,
+# BLOCK_D columns per step of the sums pass, num_warps, num_stages). The distance pass walks D
+# 8 columns at a time (the lane order of the reference); its centroid block BLOCK_K follows
+# each call's largest group (<= 8). The first entry is what ONEREC_TRITON_AUTOTUNE=0 keeps, the
+# first QUICK the "quick" list. All compile for sm_90 without spills in fp32 and bf16 at
+# BLOCK_K 2 and at their largest BLOCK_K, at most 4-8 B/thread (`python scripts/triton_aot.py
+# --family grouped_kmeans`, Triton 3.9). Left out: 2 warps (up to 255 registers and ~1 KB/thread
+# of spills at BLOCK_K 8 with 64-row blocks), BLOCK_D 64 with 64-128 rows and 4 warps (168-255
+# registers, spills), and 8 warps with 64-128 rows x 16-32 columns (capped at 128 registers,
+# spilling 40-64 B/thread).
+GROUPED_KMEANS_TILES = [
+    (64, 32, 4, 1),
+    (32, 32, 4, 1),
+    (128, 32, 4, 1),
+    (64, 16, 4, 1),
+    (32, 64, 4, 1),
+    (128, 64, 8, 1),
+    (64, 32, 4, 2),
+]
+GROUPED_INTERPRET_CONFIG = {"BLOCK_N": 128, "BLOCK_D": 64}
+
+
+def grouped_kmeans_configs(mode: str | None = None) -> list[triton.Config]:
+    """The autotune list of grouped_kmeans's tile step (ONEREC_TRITON_AUTOTUNE: "0" the first,
+    "quick" the first QUICK, else all; the interpreter takes one config)."""
+    if triton_interpret():
+        return [triton.Config(dict(GROUPED_INTERPRET_CONFIG))]
+    mode = os.environ.get("ONEREC_TRITON_AUTOTUNE", "1") if mode is None else mode
+    tiles = GROUPED_KMEANS_TILES
+    tiles = tiles[:1] if mode == "0" else tiles[:QUICK] if mode == "quick" else tiles
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_D": bd}, num_warps=w, num_stages=s)
+            for bn, bd, w, s in tiles]
+
+
 # triton.heuristics of the nearest-code kernels: K / D multiples of the tile need no masks;
 # USE_TMA when the launcher passed a codebook descriptor (codebook_descriptor).
 EVEN_TILES = {
@@ -288,6 +323,7 @@ class AotEntry:
     num_warps: int
     num_stages: int
     quick: bool = True
+    options: tuple = ()  # further compile options as (name, value) pairs, e.g. enable_fp_fusion
 
 
 @dataclass(frozen=True)
@@ -317,7 +353,8 @@ def register_aot_specs(family: str, generator) -> None:
       run time (unit strides), compiled as the constant 1 as the runtime specializes them;
     - optional labels: dtype (default: the first pointer argument's element type), config_name
       (default: from the constexprs and warps/stages), quick (default True; False keeps the
-      entry out of the --quick subset).
+      entry out of the --quick subset); options (optional): further compile options of the
+      launch, e.g. {"enable_fp_fusion": False}.
 
     Registering a family name again replaces its generator (a reloaded module)."""
     AOT_SPEC_FAMILIES[:] = [f for f in AOT_SPEC_FAMILIES if f.name != family]
@@ -358,4 +395,5 @@ def aot_entry(family: str, spec: dict) -> AotEntry:
         + [f"w{num_warps}", f"s{num_stages}"])
     div16 = tuple(a for a in spec.get("divisible_by_16", ()) if signature[a] != "constexpr")
     return AotEntry(family, spec["name"], config, dtype, fn, signature, constexprs, div16,
-                    num_warps, num_stages, spec.get("quick", True))
+                    num_warps, num_stages, spec.get("quick", True),
+                    tuple(sorted(spec.get("options", {}).items())))

@@ -20,7 +20,8 @@ file. Exit status 1 when any compile fails or any config cannot launch.
 
     python scripts/triton_aot.py                       # every config
     python scripts/triton_aot.py --quick               # first config per kernel and dtype (CI)
-    python scripts/triton_aot.py --family attention    # one family (rq, kmeans, attention, moe)
+    python scripts/triton_aot.py --family attention    # one family (rq, kmeans, grouped_kmeans,
+                                                       # attention, moe)
     python scripts/triton_aot.py --dtype bf16 --json rows.json
 """
 from __future__ import annotations
@@ -193,13 +194,15 @@ def compile_spec(entry, workdir: str) -> Row:
     row = Row(entry.family, entry.kernel, entry.config, entry.dtype, "-",
               threads=entry.num_warps * 32)
     return compile_source(row, entry.fn, entry.signature, entry.constexprs,
-                          entry.divisible_by_16, entry.num_warps, entry.num_stages, workdir)
+                          entry.divisible_by_16, entry.num_warps, entry.num_stages, workdir,
+                          dict(entry.options))
 
 
 def compile_source(row: Row, fn, signature, constexprs, aligned, num_warps: int,
-                   num_stages: int, workdir: str) -> Row:
-    """triton.compile for sm_90 with `aligned` arguments marked tt.divisibility=16; fills the
-    row's registers, spills, shared memory and seconds, or its error."""
+                   num_stages: int, workdir: str, options: dict | None = None) -> Row:
+    """triton.compile for sm_90 with `aligned` arguments marked tt.divisibility=16 (and any
+    further compile `options` of the launch); fills the row's registers, spills, shared memory
+    and seconds, or its error."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -214,7 +217,7 @@ def compile_source(row: Row, fn, signature, constexprs, aligned, num_warps: int,
         with contextlib.redirect_stdout(log):
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                       options={"num_warps": num_warps,
-                                               "num_stages": num_stages})
+                                               "num_stages": num_stages, **(options or {})})
         row.seconds = time.perf_counter() - start
         row.smem = int(compiled.metadata.shared)
         usage = parse_ptxas_log(log.getvalue()) or ptxas_usage(compiled.asm["ptx"], "sm_90a",
@@ -346,7 +349,8 @@ def main(argv=None) -> int:
                         help="the first config per kernel and dtype (CI)")
     parser.add_argument("--kernel", action="append", help="only this kernel (repeatable)")
     parser.add_argument("--family", action="append",
-                        help="only this op family: rq, kmeans, attention, moe (repeatable)")
+                        help="only this op family: rq, kmeans, grouped_kmeans, attention, "
+                             "moe (repeatable)")
     parser.add_argument("--dtype", action="append",
                         help="only this dtype label: bf16, fp16, fp32, fp32-tf32, ... (repeatable)")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")

@@ -32,7 +32,7 @@ def test_quick_subset_compiles_for_sm90(tmp_path):
     table = proc.stdout
     assert proc.returncode == 0, table + proc.stderr[-3000:]
     rows = json.loads(out.read_text())
-    families = {"rq", "kmeans", "attention"}
+    families = {"rq", "kmeans", "grouped_kmeans", "attention"}
     if importlib.util.find_spec("onerec_kernels.moe") is not None:
         families.add("moe")
     assert {r["family"] for r in rows} == families, table
@@ -46,6 +46,10 @@ def test_quick_subset_compiles_for_sm90(tmp_path):
     kernels = {"attn_fwd", "attn_fwd_split", "attn_combine", "attn_bwd_dkdv", "attn_bwd_dq"}
     assert {k for k, d in attention if d == "bf16"} == kernels, table
     assert {("attn_fwd", "fp32-tf32"), ("attn_bwd_dq", "fp32-tf32")} <= attention, table
+
+    grouped = {(r["kernel"], r["dtype"]) for r in rows if r["family"] == "grouped_kmeans"}
+    assert grouped == {("grouped_kmeans_step", "fp32"), ("grouped_kmeans_step", "bf16"),
+                       ("grouped_kmeans_update", "fp32")}, table
 
     for r in rows:  # no compile error, launchable, no heavy spill
         assert r["status"] == "ok", f"{r['kernel']} {r['config']} {r['dtype']}: {r}"

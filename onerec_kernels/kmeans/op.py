@@ -37,9 +37,21 @@ def _kmeans_step_triton_op(x: torch.Tensor, centroids: torch.Tensor
 
 _kmeans_step_triton_op.register_fake(_fake_outputs)
 
-def _fake_grouped(x, centroids, x_offsets, centroid_offsets, iters):
+def _fake_grouped(x, centroids, x_offsets, centroid_offsets, iters, *hint):
     return (x.new_empty((x.shape[0],), dtype=torch.int64),
             centroids.new_empty(centroids.shape, dtype=torch.float32))
+
+
+@torch.library.custom_op("onerec::grouped_kmeans_triton", mutates_args=())
+def _grouped_kmeans_triton_op(x: torch.Tensor, centroids: torch.Tensor, x_offsets: torch.Tensor,
+                              centroid_offsets: torch.Tensor, iters: int, max_group_k: int
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    from .triton_kernels import grouped_kmeans_triton  # triton is imported on first use only
+
+    return grouped_kmeans_triton(x, centroids, x_offsets, centroid_offsets, iters, max_group_k)
+
+
+_grouped_kmeans_triton_op.register_fake(_fake_grouped)
 
 
 if _native.available():
@@ -120,11 +132,13 @@ def kmeans_step(x: torch.Tensor, centroids: torch.Tensor, *, backend: str | None
 
 
 GROUPED_OP = "grouped_kmeans"
-GROUPED_SUPPORTED = ("torch", "cpp")
-GROUPED_DEFAULT_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("torch",)}
+GROUPED_SUPPORTED = ("torch", "triton", "cpp")
+GROUPED_DEFAULT_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "torch")}
 
 
-def _validate_grouped(x, centroids, x_offsets, centroid_offsets, iters) -> None:
+def _validate_grouped(x, centroids, x_offsets, centroid_offsets, iters) -> torch.Tensor:
+    """Check the inputs; returns the offsets on the host, (2, G + 1) int64 (x_offsets, then
+    centroid_offsets): the one host transfer of the call."""
     op = GROUPED_OP
     check_tensor(op, "x", x, ndim=2, dtypes=FLOATS)
     check_tensor(op, "centroids", centroids, ndim=2, dtypes=FLOATS)
@@ -147,7 +161,7 @@ def _validate_grouped(x, centroids, x_offsets, centroid_offsets, iters) -> None:
     ends = both[:, [0, -1]].tolist()
     if (ends == [[0, x.shape[0]], [0, centroids.shape[0]]]
             and not bool(((steps < 0).any(1) | ((steps[0] > 0) & (steps[1] == 0)).any()).any())):
-        return
+        return both
     for name, o, total in (("x_offsets", both[0], x.shape[0]),
                            ("centroid_offsets", both[1], centroids.shape[0])):
         if int(o[0]) != 0 or int(o[-1]) != total or bool((o[1:] < o[:-1]).any()):
@@ -173,34 +187,47 @@ def grouped_kmeans(x: torch.Tensor, centroids: torch.Tensor, x_offsets: torch.Te
         x_offsets, centroid_offsets: (G + 1,) int32/int64 on x's device, starting at 0,
             non-decreasing, ending at N and K.
         iters: Lloyd steps (>= 1).
-        backend: "torch" | "cpp" | None (None: the C++ kernel on CPU, the PyTorch
-            implementation on CUDA; ONEREC_BACKEND can override).
+        backend: "torch" | "triton" | "cpp" | None (None: the C++ kernel on CPU, the Triton
+            kernel on CUDA; ONEREC_BACKEND can override).
 
     Semantics, per group: a_i = argmin_j ||x_i - c_j||^2 over the group's centroids, from exact
-    differences in float32 summed in a fixed lane order (csrc/core/kmeans.h) that both backends
-    share, so their distances are bit-identical; ties go to the lowest j; NaN never wins, and a
-    row with no finite distance gets the group's first centroid. Then every centroid that got
-    rows becomes their mean (summed in float64, rounded to float32 once); the others keep their
-    value. A group whose step repeats the previous assignments has converged and stops (the
-    answer is that of all `iters` steps). fp16/bf16 inputs are widened to float32 first.
+    differences in float32 summed in a fixed lane order (csrc/core/kmeans.h) that every backend
+    shares (the Triton kernel with FMA contraction off), so their distances are bit-identical;
+    ties go to the lowest j; NaN never wins, and a row with no finite distance gets the group's
+    first centroid. Then every centroid that got rows becomes their mean (summed in float64,
+    rounded to float32 once); the others keep their value. A group whose step repeats the
+    previous assignments has converged and stops (the answer is that of all `iters` steps).
+    fp16/bf16 inputs are widened to float32 first.
 
     Returns:
         assignments: (N,) int64 global centroid indices in [0, K), from the last step.
         centroids: (K, D) float32, the means of those assignments (unassigned ones unchanged).
         No output requires grad.
         Determinism: "cpp" is deterministic for any thread count (each group is computed by one
-        thread in a fixed order), and on CPU the two backends return identical tensors. On CUDA
-        the torch path's index_add_ accumulates the float64 sums with atomics (unless
-        torch.use_deterministic_algorithms is on), which can move a centroid's last bit.
+        thread in a fixed order), and on CPU "cpp" and "torch" return identical tensors. The
+        float64 sum of a centroid's column is exact, hence the same in any order, when
+        rows x largest |value| / smallest nonzero |value| < 2^30 there; otherwise its last
+        float64 bits depend on the order of the GPU paths' atomics (the torch path's index_add_
+        unless torch.use_deterministic_algorithms is on, the Triton kernel's fp64 atomics),
+        which moves the float32 mean by one ulp only when it lies that close to a rounding
+        boundary (rare), and through it at most an exact tie of a later step. Otherwise the
+        Triton kernel returns the reference's tensors exactly.
+        Host syncs: one, the transfer of the offsets for their validation; the Triton path then
+        runs every step on the device (2 launches per step, converged groups exit at once).
         Range: the squared distances are fp32; values beyond ~sqrt(FLT_MAX / D) make them inf
         (then never the minimum, as above).
     Cost: O(sum_g N_g K_g D) per step, against O(N K D) for one kmeans_step over all groups.
     """
-    _validate_grouped(x, centroids, x_offsets, centroid_offsets, iters)
+    host_offsets = _validate_grouped(x, centroids, x_offsets, centroid_offsets, iters)
     backend = _backend.resolve(GROUPED_OP, backend, x.device, GROUPED_SUPPORTED,
                                GROUPED_DEFAULT_ORDER, native_op="grouped_kmeans")
     x, centroids = x.detach(), centroids.detach()
     if backend == "torch":
         return grouped_kmeans_reference(x, centroids, x_offsets, centroid_offsets, iters)
+    if backend == "triton":
+        k_per_group = host_offsets[1, 1:] - host_offsets[1, :-1]
+        max_group_k = int(k_per_group.max()) if k_per_group.numel() else 1
+        return _grouped_kmeans_triton_op(x, centroids, x_offsets, centroid_offsets, iters,
+                                         max(max_group_k, 1))
     return torch.ops.onerec_C.grouped_kmeans(x, centroids, x_offsets.long(),
                                              centroid_offsets.long(), iters)

@@ -1,15 +1,26 @@
-"""grouped_kmeans: the C++ kernel and the PyTorch reference give identical tensors (any thread
-count, any CPU path); each group is k-means on its own; the result is Lloyd's (one step: the
-nearest initial centroid and the means; converged: a fixed point, both checked against a float64
-brute force); ties, NaN, empty groups, N == 0, bad inputs, opcheck, CUDA."""
+"""grouped_kmeans: the C++ kernel, the Triton kernel (the interpreter on CPU, compiled on CUDA)
+and the PyTorch reference give identical tensors (any thread count, any CPU path, any Triton
+tile config); each group is k-means on its own; the result is Lloyd's (one step: the nearest
+initial centroid and the means; converged: a fixed point, both checked against a float64 brute
+force); ties, NaN and inf, empty groups, N == 0, bad inputs, opcheck, CUDA."""
 import pytest
 import torch
 
-from onerec_kernels import _native, grouped_kmeans, grouped_kmeans_reference
+from onerec_kernels import _backend, _native, grouped_kmeans, grouped_kmeans_reference
 from _seed import run_gen
 
 HAS_CPP = _native.has_kernel("grouped_kmeans", "CPU")
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="native extension without grouped_kmeans")
+# The Triton kernel on CPU tensors: the interpreter (tests/conftest.py sets it without CUDA); on
+# a CUDA machine the CPU-tensor cases skip and the CUDA ones below run compiled.
+_TRITON_CPU = _backend.unavailable_reason("triton", torch.device("cpu"))
+needs_triton_cpu = pytest.mark.skipif(_TRITON_CPU is not None, reason=str(_TRITON_CPU))
+BACKENDS = ["torch", pytest.param("cpp", marks=needs_cpp),
+            pytest.param("triton", marks=needs_triton_cpu)]
+needs_cuda = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+# Where the Triton kernel runs in this session: compiled on CUDA, else the interpreter on CPU.
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # (rows per group, centroids per group): empty groups, k > n, k == n, one big group, k = 1.
 LAYOUTS = [([5], [2]), ([0, 7, 1, 0, 40], [0, 3, 1, 2, 6]), ([3, 3], [3, 5]),
@@ -60,7 +71,7 @@ def means_of(x, assign, previous):
                        previous.float())
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "-".join(map(str, l[0])))
 def test_one_step_is_nearest_then_means(backend, layout):
     g = run_gen(1 + len(layout[0]))
@@ -72,7 +83,7 @@ def test_one_step_is_nearest_then_means(backend, layout):
     torch.testing.assert_close(cent, means_of(x, assign, c), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_converged_result_is_a_fixed_point(backend):
     """Enough steps: every row is at its nearest returned centroid and every centroid is the
     mean of its rows (Lloyd's fixed point), and more steps change nothing."""
@@ -118,7 +129,7 @@ def test_cpp_same_for_any_thread_count_and_cpu_path():
         torch.ops.onerec_C.cpu_isa(active)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_groups_are_independent(backend):
     """The batched call equals each group run alone, whatever the other groups hold (here one
     group sits right on top of another)."""
@@ -134,7 +145,7 @@ def test_groups_are_independent(backend):
         assert torch.equal(assign[r0:r1], a + c0) and torch.equal(cent[c0:c1], ce), gi
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_ties_nan_and_unused_centroids(backend):
     # Integer data: exact distances, so the duplicate centroid ties exactly.
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [float("nan"), 1.0], [5.0, 5.0], [6.0, 5.0]])
@@ -149,7 +160,7 @@ def test_ties_nan_and_unused_centroids(backend):
     assert torch.equal(cent[4], torch.tensor([5.5, 5.0]))
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_no_rows(backend):
     c = torch.randn(3, 4)
     assign, cent = grouped_kmeans(torch.empty(0, 4), c, torch.tensor([0, 0, 0]),
@@ -172,7 +183,7 @@ def test_low_precision_is_widened(dtype):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), backend
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_outputs_never_require_grad(backend):
     g = run_gen(7)
     x, c, xo, co = make_groups([10, 6], [2, 2], 3, g)
@@ -204,7 +215,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="iters must be an int"):
         grouped_kmeans(x, c, xo, co, iters=2.0)
     with pytest.raises(ValueError, match="backend must be one of"):
-        grouped_kmeans(x, c, xo, co, iters=1, backend="triton")
+        grouped_kmeans(x, c, xo, co, iters=1, backend="cuda")
 
 
 @needs_cpp
@@ -216,16 +227,169 @@ def test_opcheck_cpp():
                               (x.to(dtype), c.to(dtype), xo, co, 3))
 
 
+def assert_identical(got, want):
+    """Bit for bit, NaN where the reference has NaN."""
+    assert torch.equal(got[0].cpu(), want[0].cpu())
+    torch.testing.assert_close(got[1].cpu(), want[1].cpu(), rtol=0, atol=0, equal_nan=True)
+
+
+# Triton cases: one group; empty groups, k > n, k == 1; 7 groups (1 row, k > n, no rows but
+# centroids, k = 9 > the centroid block of 8, 130 rows = 2 tiles); 97 groups of 0..6 rows.
+ROWS_97 = [(5 * i) % 7 for i in range(97)]
+TRITON_LAYOUTS = {
+    "g1": ([5], [2]),
+    "g5": LAYOUTS[1],
+    "g7": ([1, 3, 0, 9, 2, 130, 4], [1, 5, 2, 9, 2, 12, 3]),
+    "g97": (ROWS_97, [1 + i % 3 if r else i % 2 for i, r in enumerate(ROWS_97)]),
+}
+# Every D with G = 1, 5, 7; G = 97 (slow in the interpreter: a program per group) at one D.
+TRITON_CASES = ([(torch.float32, d, name) for d in (1, 7, 64, 129) for name in ("g1", "g5", "g7")]
+                + [(torch.float32, 7, "g97"), (torch.float16, 7, "g5"),
+                   (torch.float16, 129, "g7"), (torch.float16, 7, "g97")])
+
+
+@pytest.mark.parametrize("dtype,d,layout", TRITON_CASES,
+                         ids=lambda v: str(v).replace("torch.", ""))
+def test_triton_identical_to_reference(dtype, d, layout):
+    """Bit-identical distances (same lane order, no FMA contraction) and exact fp64 sums: the
+    Triton kernel returns the reference's tensors, after one step and after several (some
+    groups converge and stop early, others keep going)."""
+    g = run_gen(10 + d)
+    x, c, xo, co = make_groups(*TRITON_LAYOUTS[layout], d, g)
+    x, c = x.to(dtype), c.to(dtype)
+    for iters in (1, 6):
+        want = grouped_kmeans_reference(x.float(), c.float(), xo, co, iters)
+        dev = TRITON_DEVICE
+        got = grouped_kmeans(x.to(dev), c.to(dev), xo.to(dev).int(), co.to(dev), iters=iters,
+                             backend="triton")
+        assert got[0].device.type == dev and got[1].dtype == torch.float32
+        assert_identical(got, want)
+
+
+@pytest.mark.parametrize("config", [{"BLOCK_N": 16, "BLOCK_D": 32},
+                                    {"BLOCK_N": 32, "BLOCK_D": 16}], ids=str)
+def test_triton_tile_shapes(config):
+    """Forced small tiles: several row blocks per tile, groups of more centroids than a
+    distance block (8) and than a one-hot block of the sums (16), rows spread over > 16
+    centroids in one block."""
+    from onerec_kernels.kmeans.triton_kernels import grouped_kmeans_triton
+
+    g = run_gen(11)
+    x, c, xo, co = make_groups([150, 1, 2, 70], [40, 1, 5, 20], 9, g)
+    dev = TRITON_DEVICE
+    for iters in (1, 3):
+        got = grouped_kmeans_triton(x.to(dev), c.to(dev), xo.to(dev), co.to(dev), iters, 40,
+                                    config=config)
+        assert_identical(got, grouped_kmeans_reference(x, c, xo, co, iters))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_triton_non_finite_values():
+    """NaN and inf reach only their own row's centroid (the one-hot product of the sums leaves
+    them out and adds them apart), as in the reference: NaN rows, a row with one inf
+    coordinate, +inf and -inf in one cluster (NaN mean)."""
+    g = run_gen(12)
+    x, c, xo, co = make_groups([40, 33, 9], [3, 4, 2], 10, g)
+    x[3] = float("nan")
+    x[5, 2] = float("nan")
+    x[41, 7] = float("inf")
+    x[75, 0], x[76, 0] = float("inf"), float("-inf")  # group 2, 2 centroids: may share one
+    dev = TRITON_DEVICE
+    for iters in (1, 4):
+        want = grouped_kmeans_reference(x, c, xo, co, iters)
+        assert torch.isnan(want[1]).any() and torch.isinf(want[1]).any()
+        got = grouped_kmeans(x.to(dev), c.to(dev), xo.to(dev), co.to(dev), iters=iters,
+                             backend="triton")
+        assert_identical(got, want)
+
+
+@needs_triton_cpu
+def test_opcheck_triton():
+    from onerec_kernels.kmeans.op import _grouped_kmeans_triton_op
+
+    g = run_gen(13)
+    x, c, xo, co = make_groups([9, 0, 14], [2, 1, 3], 5, g)
+    torch.library.opcheck(_grouped_kmeans_triton_op, (x, c, xo, co, 3, 3))
+
+
+@pytest.mark.parametrize("backend", ["torch", None], ids=["torch", "default"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
-    """The PyTorch path on CUDA: the same assignments as on CPU (its float64 index_add_ may
-    differ in a centroid's last bit, which can move a genuine near-tie only), and by default
-    the backend that runs there."""
+def test_cuda_matches_cpu(backend):
+    """On CUDA, the PyTorch path and the default (the Triton kernel): the same assignments and
+    centroids as the reference on CPU (the float64 atomics can differ in a centroid's last bit
+    only for sums that are not exact, which randn data do not make)."""
     g = run_gen(9)
     x, c, xo, co = make_groups([400, 3, 250, 120] * 8, [7, 2, 6, 4] * 8, 64, g)
     cpu = grouped_kmeans_reference(x, c, xo, co, 8)
-    got = grouped_kmeans(x.cuda(), c.cuda(), xo.cuda(), co.cuda(), iters=8)  # backend None
+    got = grouped_kmeans(x.cuda(), c.cuda(), xo.cuda(), co.cuda(), iters=8, backend=backend)
     assert got[0].is_cuda and got[1].is_cuda
     assert (got[0].cpu() == cpu[0]).float().mean() >= 0.999
     torch.testing.assert_close(got[1].cpu(), cpu[1], rtol=1e-4, atol=1e-4)
+
+
+def production_like(seed, d=256, device="cuda"):
+    """One compress_history-like round: ~1500 groups, a few of thousands of rows with
+    cbrt(n) centroids, many of a few to hundreds of rows with 2..7."""
+    g = torch.Generator().manual_seed(seed)
+    big = torch.randint(1500, 5000, (16,), generator=g)
+    small = torch.exp(torch.rand(1500, generator=g) * 5.5).long() + 1  # 2 .. ~250 rows
+    rows = torch.cat([big, small])[torch.randperm(1516, generator=g)]
+    ks = rows.double().pow(1 / 3).round().long().clamp(2, 64).minimum(rows)
+    x, c, xo, co = make_groups(rows.tolist(), ks.tolist(), d, g)
+    return x.to(device), c.to(device), xo.to(device), co.to(device)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_triton_production_shape(dtype):
+    """The production-like round on the GPU against the PyTorch reference (on the GPU too):
+    the same assignments and centroids, and the centroids the float64 means of the rows they
+    got (Lloyd's update, checked independently)."""
+    x, c, xo, co = production_like(run_gen(14).initial_seed())
+    x, c = x.to(dtype), c.to(dtype)
+    want = grouped_kmeans_reference(x.float(), c.float(), xo, co, 8)
+    got = grouped_kmeans(x, c, xo, co, iters=8, backend="triton")
+    same_rows = (got[0] == want[0]).float().mean().item()
+    same_cents = (got[1] == want[1]).all(dim=1).float().mean().item()
+    assert same_rows >= 0.999 and same_cents >= 0.999, (same_rows, same_cents)
+    k = c.shape[0]
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device="cuda").index_add_(
+        0, got[0], x.double())
+    counts = torch.bincount(got[0], minlength=k)
+    used = counts > 0
+    torch.testing.assert_close(got[1][used].double(), sums[used] / counts[used, None],
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_triton_no_host_sync():
+    """The Triton launcher (everything after the op's validation) never waits for the GPU."""
+    from onerec_kernels.kmeans.triton_kernels import grouped_kmeans_triton
+
+    x, c, xo, co = production_like(run_gen(15).initial_seed(), d=64)
+    grouped_kmeans_triton(x, c, xo, co, 2, 64)  # compile outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        grouped_kmeans_triton(x, c, xo, co, 8, 64)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("d", [129, 256])
+def test_cuda_triton_every_config(d):
+    """Every autotune config, forced once (the tests' default run meets only the first)."""
+    from onerec_kernels._triton_tiles import grouped_kmeans_configs
+    from onerec_kernels.kmeans.triton_kernels import grouped_kmeans_triton
+
+    g = run_gen(16)
+    x, c, xo, co = make_groups([700, 1, 0, 33, 250, 5] * 5, [9, 1, 1, 40, 6, 2] * 5, d, g)
+    want = grouped_kmeans_reference(x, c, xo, co, 5)
+    x, c, xo, co = x.cuda(), c.cuda(), xo.cuda(), co.cuda()
+    for cfg in grouped_kmeans_configs("1"):
+        assert_identical(grouped_kmeans_triton(x, c, xo, co, 5, 40, config=cfg), want)
