@@ -14,7 +14,8 @@ each cluster's items compared only with its own centroids, so a round costs
 sum(size x k) x D per step (not (all items) x (all centroids) as one dense k-means over every
 cluster would), and a cluster stops iterating once its assignments repeat (an exact fixed
 point: more steps would change nothing). Distances are exact fp32 differences summed in one
-fixed order, so the "torch" and "cpp" backends give identical results on CPU.
+fixed order, so the "torch", "cpp" and "triton" backends compute identical distances (see
+grouped_kmeans for when the float64 centroid sums of the GPU paths can differ in a last bit).
 """
 from __future__ import annotations
 
@@ -53,11 +54,12 @@ def compress_history(item_emb: torch.Tensor, cu_seqlens: torch.Tensor, *, target
         continuous: optional (T, F) float features to average over each cluster.
         iters: Lloyd steps per split. seed: the random initial centroids (distinct items of
             the cluster). max_rounds: a safety bound on the split rounds.
-        backend: of grouped_kmeans ("torch" | "cpp"; None: C++ on CPU, PyTorch on CUDA). The
-            model passes its one kernel backend to every op, so the others ("triton", "cuda":
-            no grouped k-means kernel of theirs) take grouped_kmeans's default. Deterministic
-            for a seed, and identical between "torch" and "cpp" on CPU; on CUDA index_add_'s
-            float64 atomics can move a centroid's last bit (see grouped_kmeans).
+        backend: of grouped_kmeans ("torch" | "triton" | "cpp"; None: C++ on CPU, the Triton
+            kernel on CUDA). The model passes its one kernel backend to every op, so a backend
+            with no grouped k-means kernel ("cuda") takes grouped_kmeans's default.
+            Deterministic for a seed, and identical between "torch" and "cpp" on CPU; on CUDA
+            the float64 atomics of the sums can move a centroid's last bit where a sum is not
+            exact (rare; see grouped_kmeans).
     Returns: CompressedHistory (see there). Ids / categorical features of the kept items are
     `ids[result.index]`.
     """

@@ -6,7 +6,7 @@ import torch
 
 from onerec.model import compress as compress_mod
 from onerec.model.compress import compress_history
-from onerec_kernels import _native
+from onerec_kernels import _backend, _native
 
 
 def history(lengths, dim=8, num_items=50):
@@ -72,12 +72,35 @@ def test_torch_and_cpp_backends_identical(seed):
 
 
 def test_model_backends_without_grouped_kmeans_use_the_default(seed):
-    """The model passes its one backend (e.g. "triton") to every op; compress_history then runs
+    """The model passes its one backend (e.g. "cuda") to every op; compress_history then runs
     grouped_kmeans's default for the device instead of failing."""
     emb, cu, _ = history([150, 20])
-    a = compress_history(emb, cu, target_len=30, seed=seed, backend="triton")
+    a = compress_history(emb, cu, target_len=30, seed=seed, backend="cuda")
     b = compress_history(emb, cu, target_len=30, seed=seed, backend=None)
     assert torch.equal(a.index, b.index) and torch.equal(a.cluster_size, b.cluster_size)
+
+
+def test_triton_backend_runs_the_triton_kernel(seed, monkeypatch):
+    """backend="triton" selects grouped_kmeans's Triton kernel (the interpreter on CPU,
+    compiled on CUDA), which splits exactly like the reference."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if _backend.unavailable_reason("triton", torch.device(dev)) is not None:
+        pytest.skip(_backend.unavailable_reason("triton", torch.device(dev)))
+    seen = []
+    real = compress_mod.grouped_kmeans
+
+    def spy(*args, backend, **kwargs):
+        seen.append(backend)
+        return real(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(compress_mod, "grouped_kmeans", spy)
+    emb, cu, _ = history([150, 3, 70], dim=7)
+    emb, cu = emb.to(dev), cu.to(dev)
+    a = compress_history(emb, cu, target_len=30, iters=4, seed=seed, backend="triton")
+    b = compress_history(emb, cu, target_len=30, iters=4, seed=seed, backend="torch")
+    assert seen and set(seen) == {"triton", "torch"}
+    for name in ("index", "cu_seqlens", "cluster_size"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
 def test_splits_are_per_cluster_kmeans(seed, monkeypatch):
