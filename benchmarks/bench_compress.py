@@ -6,8 +6,8 @@ B = 64 users, history lengths drawn log-normally with mean ~106 and clipped to M
 [20, 737] ratings per user, items of a 1682-item catalogue whose embeddings lie around 32
 topics (so items repeat and clusters exist); on CPU and on the GPU. GPU also: the production
 target lifelong_len = 2000 with 64 users of 500..8000 items (mean ~3000), D = 256 (--quick: 16
-users), ours alone (the grid anchor's dense k-means is out of reach there: ~1e10 item x
-centroid pairs per Lloyd step in the late rounds).
+users), against the PyTorch grouped k-means only (the grid anchor's dense k-means is out of
+reach there: ~1e10 item x centroid pairs per Lloyd step in the late rounds).
 
 Work per call on the ML-100K shape (counted on training batches, iters = 8): the split rounds
 need ~6e5 (item, centroid) distance evaluations of D = 64 (sum over rounds of cluster size x k x
@@ -16,16 +16,23 @@ item with every centroid of every cluster of the round (one dense kmeans_step ov
 separated clusters, D + 8 = 72), ~1.2e8 evaluations, 200x the floor.
 
 Reported (`speedup_vs_*` = anchor time / ours):
-  - ours: compress_history with the default backend (C++ grouped_kmeans on CPU, PyTorch on
-    CUDA);
-  - anchor "torch" (CPU): the same algorithm with the plain PyTorch grouped_kmeans reference
-    (on CUDA that is ours);
+  - ours: compress_history with the default backend (C++ grouped_kmeans on CPU, the Triton
+    kernel on CUDA);
+  - anchor "torch": the same algorithm with the plain PyTorch grouped_kmeans reference;
   - anchor "grid": the previous per-round k-means, every cluster in one dense `kmeans_step`
     call per Lloyd step after moving each cluster to its own point of an 8-dim grid (patched
     in for grouped_kmeans; the round bookkeeping is today's, so this ratio is the k-means part's
     gain, a lower bound on the whole change's).
 CPU times: wall clock, interleaved (common.cpu_times_ms). GPU: CUDA events around whole calls
 (they include the host syncs of the split rounds).
+
+The grouped k-means alone (GPU): every round's grouped_kmeans call of the production batch,
+captured from compress_history, timed with the Triton kernel and with the PyTorch reference
+in the same run (sums over the rounds). Work, counted on the captured calls: pairs =
+sum over groups of n_g x k_g per step; 3 x pairs x D FLOPs per step (difference, square, add).
+The per-group early stop makes the steps actually run fewer than `iters`, so
+`tflops_if_all_steps` (3 x pairs x D x iters / time) and `gbps_if_all_steps` (x read twice per
+step) are upper bounds of the rates achieved.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ import torch
 from common import cpu_times_ms, gpu_time_ms, quick, record, requires_cuda, run_timed
 from onerec.model import compress as compress_mod
 from onerec.model.compress import compress_history
-from onerec_kernels import kmeans_step, native_available
+from onerec_kernels import grouped_kmeans, kmeans_step, native_available
 
 GRID_DIMS = 8
 
@@ -88,6 +95,7 @@ def grid_grouped_kmeans(x, centroids, x_offsets, centroid_offsets, *, iters, bac
 
 
 def _calls(emb, cu, target_len, anchors):
+    """compress_history with the default backend ("ours") and the named anchors."""
     calls = {"ours": lambda: compress_history(emb, cu, target_len=target_len)}
     if "torch" in anchors:
         calls["torch"] = lambda: compress_history(emb, cu, target_len=target_len, backend="torch")
@@ -138,15 +146,70 @@ def _gpu_run(benchmark, emb, cu, target_len, anchors):
 
 @requires_cuda
 def test_compress_history_ml100k_gpu(benchmark):
-    """The ML-100K training batch on the GPU: PyTorch grouped k-means against the grid-trick
-    Triton kmeans_step."""
+    """The ML-100K training batch on the GPU: the Triton grouped k-means against the PyTorch
+    one and the grid-trick Triton kmeans_step."""
     emb, cu = history_batch(64, 106, 20, 737, 64, device="cuda")
-    _gpu_run(benchmark, emb, cu, 64, ("grid",))
+    _gpu_run(benchmark, emb, cu, 64, ("torch", "grid"))
+
+
+def production_batch():
+    """The production target: 64 users (--quick: 16) of 500..8000 items (mean ~3000), D = 256,
+    compressed to 2000 items."""
+    return history_batch(16 if quick() else 64, 3000, 500, 8000, 256, num_items=200_000,
+                         topics=512, device="cuda")
 
 
 @requires_cuda
 def test_compress_history_production_gpu(benchmark):
-    """Production target: long histories compressed to 2000 items (ours alone)."""
-    emb, cu = history_batch(16 if quick() else 64, 3000, 500, 8000, 256, num_items=200_000,
-                            topics=512, device="cuda")
-    _gpu_run(benchmark, emb, cu, 2000, ())
+    """Production target: long histories compressed to 2000 items, the Triton grouped k-means
+    against the PyTorch one."""
+    emb, cu = production_batch()
+    _gpu_run(benchmark, emb, cu, 2000, ("torch",))
+
+
+def captured_rounds(emb, cu, target_len):
+    """The (x, centroids, x_offsets, centroid_offsets, iters) of every grouped_kmeans call of
+    one compress_history run, in round order."""
+    calls = []
+    real = compress_mod.grouped_kmeans
+
+    def spy(x, c, x_off, c_off, *, iters, backend):
+        calls.append((x.clone(), c.clone(), x_off.clone(), c_off.clone(), iters))
+        return real(x, c, x_off, c_off, iters=iters, backend=backend)
+
+    with mock.patch.object(compress_mod, "grouped_kmeans", spy):
+        compress_history(emb, cu, target_len=target_len)
+    return calls
+
+
+@requires_cuda
+def test_grouped_kmeans_rounds_gpu(benchmark):
+    """The grouped k-means of the production batch's split rounds alone: Triton against the
+    PyTorch reference on the same captured calls, same run. Each round's result is checked
+    against the reference's before timing (assignments equal up to the rare last-bit cases
+    grouped_kmeans documents)."""
+    rounds = captured_rounds(*production_batch(), 2000)
+    times = {"ours": 0.0, "torch": 0.0}
+    pairs_steps = bytes_steps = 0.0
+    max_groups = 0
+    for x, c, xo, co, iters in rounds:
+        ours = grouped_kmeans(x, c, xo, co, iters=iters, backend="triton")  # compile, autotune
+        ref = grouped_kmeans(x, c, xo, co, iters=iters, backend="torch")
+        agree = (ours[0] == ref[0]).float().mean().item()
+        assert agree >= 0.999, agree
+        for name, backend in (("ours", "triton"), ("torch", "torch")):
+            times[name] += gpu_time_ms(lambda: grouped_kmeans(x, c, xo, co, iters=iters,
+                                                               backend=backend), rep_ms=100)
+        n_g, k_g = (xo[1:] - xo[:-1]).double(), (co[1:] - co[:-1]).double()
+        pairs_steps += float((n_g * k_g).sum()) * x.shape[1] * iters
+        bytes_steps += 2.0 * x.numel() * x.element_size() * iters
+        max_groups = max(max_groups, xo.shape[0] - 1)
+    flops = 3.0 * pairs_steps
+    record(benchmark, rounds=len(rounds), max_groups=max_groups, D=rounds[0][0].shape[1],
+           time_ms=times["ours"], anchor_torch_ms=times["torch"],
+           speedup_vs_torch=times["torch"] / times["ours"],
+           tflops_if_all_steps=flops / (times["ours"] * 1e-3) / 1e12,
+           gbps_if_all_steps=bytes_steps / (times["ours"] * 1e-3) / 1e9)
+    x, c, xo, co, iters = rounds[0]
+    run_timed(benchmark, lambda: (grouped_kmeans(x, c, xo, co, iters=iters),
+                                  torch.cuda.synchronize()), times["ours"])
