@@ -147,20 +147,24 @@ def autotune_configs(kernel: str) -> list[triton.Config]:
 # kernel: exact fp32 differences, no tl.dot for the distances): (BLOCK_N rows per block,
 # BLOCK_D columns per step of the sums pass, num_warps, num_stages). The distance pass walks D
 # 8 columns at a time (the lane order of the reference); its centroid block BLOCK_K follows
-# each call's largest group (<= 8). The first entry is what ONEREC_TRITON_AUTOTUNE=0 keeps, the
-# first QUICK the "quick" list. All compile for sm_90 without spills in fp32 and bf16 at
-# BLOCK_K 2 and at their largest BLOCK_K, at most 4-8 B/thread (`python scripts/triton_aot.py
-# --family grouped_kmeans`, Triton 3.9). Left out: 2 warps (up to 255 registers and ~1 KB/thread
-# of spills at BLOCK_K 8 with 64-row blocks), BLOCK_D 64 with 64-128 rows and 4 warps (168-255
-# registers, spills), and 8 warps with 64-128 rows x 16-32 columns (capped at 128 registers,
-# spilling 40-64 B/thread).
+# each call's largest group (<= 8). The autotune key buckets the mean rows per group too: calls
+# of many tiny groups (the late split rounds) want 16-32-row blocks, which waste less on
+# padding. The first entry is what ONEREC_TRITON_AUTOTUNE=0 keeps, the first QUICK the "quick"
+# list. Every entry compiles for sm_90 in fp32 and bf16, at BLOCK_K 2 and at its largest
+# BLOCK_K, with at most 8 B/thread of spills (`python scripts/triton_aot.py --family
+# grouped_kmeans`, Triton 3.9). Left out: 2 warps with 32-128 rows (up to 255 registers, ~1
+# KB/thread of spills at BLOCK_K 8 with 64-row blocks), BLOCK_D 64 with 64-128 rows and 4 warps
+# (168-255 registers, spills), 8 warps with 64-128 rows x 16-32 columns (128 registers, 40-64
+# B/thread of spills).
 GROUPED_KMEANS_TILES = [
     (64, 32, 4, 1),
     (32, 32, 4, 1),
     (128, 32, 4, 1),
+    (16, 32, 4, 1),
     (64, 16, 4, 1),
     (32, 64, 4, 1),
     (128, 64, 8, 1),
+    (16, 32, 2, 1),
     (64, 32, 4, 2),
 ]
 GROUPED_INTERPRET_CONFIG = {"BLOCK_N": 128, "BLOCK_D": 64}

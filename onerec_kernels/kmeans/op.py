@@ -213,7 +213,9 @@ def grouped_kmeans(x: torch.Tensor, centroids: torch.Tensor, x_offsets: torch.Te
         boundary (rare), and through it at most an exact tie of a later step. Otherwise the
         Triton kernel returns the reference's tensors exactly.
         Host syncs: one, the transfer of the offsets for their validation; the Triton path then
-        runs every step on the device (2 launches per step, converged groups exit at once).
+        runs every step on the device (2 launches per step, converged groups exit at once;
+        the autotuner times the tile configs, with syncs, on the first call of each key: D,
+        largest group's centroids and mean rows per group, bucketed).
         Range: the squared distances are fp32; values beyond ~sqrt(FLT_MAX / D) make them inf
         (then never the minimum, as above).
     Cost: O(sum_g N_g K_g D) per step, against O(N K D) for one kmeans_step over all groups.

@@ -1,4 +1,6 @@
-"""Fused k-means step in one Triton kernel.
+"""Triton kernels of the k-means family: `kmeans_step`, a fused Lloyd step in one kernel (this
+docstring), and `grouped_kmeans`, Lloyd runs of many small independent problems (its own
+section below).
 
 One program owns BLOCK_N rows. The nearest centroid comes from the tile loop shared with
 `rq_assign` (`nearest_code_tile` in onerec_kernels/rq/triton_kernels.py: streamed BLOCK_K-code
@@ -125,7 +127,8 @@ register_aot("kmeans_step", _kmeans_step_kernel, _aot_spec)
 # ---- grouped_kmeans -------------------------------------------------------------------------
 #
 # Many small independent k-means problems (groups), `iters` Lloyd steps each, with the per-group
-# early stop of the reference, all on the device: 2 launches per step and no host sync.
+# early stop of the reference, all on the device: 2 launches per step and no host sync (but the
+# autotuner's timing on the first call of each key).
 #
 # Launch 1 per step, `_grouped_assign_kernel`: one program per tile of up to GROUPED_TILE_ROWS
 # rows of one group (the tile map is built once per call on the device: tiles never straddle
@@ -227,12 +230,12 @@ def _lane_sq_dist(x_ptr, rows, valid, c_ptr, cents, c_ok, D, BLOCK_N: tl.constex
     return ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7))
 
 
-@triton.autotune(configs=grouped_kmeans_configs(), key=["D", "k_bucket"],
+@triton.autotune(configs=grouped_kmeans_configs(), key=["D", "k_bucket", "rows_bucket"],
                  restore_value=["assign_ptr", "last_ptr"],
                  reset_to_zero=["sums_ptr", "counts_ptr"])
 @triton.heuristics({"BLOCK_K": _grouped_block_k,
                     "EVEN_D": lambda args: args["D"] % 8 == 0})
-@triton.jit(do_not_specialize=["step", "num_groups", "k_bucket"])
+@triton.jit(do_not_specialize=["step", "num_groups", "k_bucket", "rows_bucket"])
 def _grouped_assign_kernel(
     x_ptr,  # (N, D) input dtype, contiguous
     c_ptr,  # (K, D) fp32 current centroids, contiguous
@@ -247,7 +250,8 @@ def _grouped_assign_kernel(
     D,
     num_groups,
     step,
-    k_bucket,  # the autotune key's bucket of the largest k_g (BLOCK_K comes from it)
+    k_bucket,  # autotune key: bucket of the largest k_g (BLOCK_K comes from it)
+    rows_bucket,  # autotune key: bucket of the mean rows per group (small groups: small tiles)
     TILE_ROWS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -407,6 +411,7 @@ def grouped_kmeans_triton(x: torch.Tensor, centroids: torch.Tensor, x_offsets: t
     sums = torch.zeros((k_total, d), dtype=torch.float64, device=dev)
     counts = torch.zeros((k_total,), dtype=torch.int32, device=dev)
     k_bucket = min(_next_pow2(max(max_group_k, 2)), 64)
+    rows_bucket = min(_next_pow2(triton.cdiv(n, max(num_groups, 1))), 2 * GROUPED_TILE_ROWS)
     if config is None and (triton_interpret()
                            or os.environ.get("ONEREC_TRITON_AUTOTUNE", "1") == "0"):
         config = _grouped_assign_kernel.configs[0]  # the one config left: no autotuner run
@@ -418,7 +423,7 @@ def grouped_kmeans_triton(x: torch.Tensor, centroids: torch.Tensor, x_offsets: t
         for step in range(iters):
             assign_kernel[(num_tiles,)](
                 x, cent, x_off, c_off, tile_group, tile_row, assignments, last_changed, sums,
-                counts, d, num_groups, step, k_bucket, TILE_ROWS=GROUPED_TILE_ROWS,
+                counts, d, num_groups, step, k_bucket, rows_bucket, TILE_ROWS=GROUPED_TILE_ROWS,
                 SUM_K=GROUPED_SUM_K, enable_fp_fusion=False, **(config or {}))
             _grouped_update_kernel[(k_total,)](
                 cent, sums, counts, c_group, last_changed, d, step,
@@ -434,7 +439,7 @@ def _grouped_aot_specs():
     common = {"x_off_ptr": "*i64", "c_off_ptr": "*i64", "tile_group_ptr": "*i32",
               "tile_row_ptr": "*i64", "assign_ptr": "*i64", "last_ptr": "*i32",
               "sums_ptr": "*fp64", "counts_ptr": "*i32", "D": "i32", "num_groups": "i32",
-              "step": "i32", "k_bucket": "i32"}
+              "step": "i32", "k_bucket": "i32", "rows_bucket": "i32"}
     pointers = [name for name, t in common.items() if t.startswith("*")]
     for dtype in ("fp32", "bf16"):
         for cfg in grouped_kmeans_configs("1"):
