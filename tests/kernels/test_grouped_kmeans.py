@@ -17,10 +17,10 @@ _TRITON_CPU = _backend.unavailable_reason("triton", torch.device("cpu"))
 needs_triton_cpu = pytest.mark.skipif(_TRITON_CPU is not None, reason=str(_TRITON_CPU))
 BACKENDS = ["torch", pytest.param("cpp", marks=needs_cpp),
             pytest.param("triton", marks=needs_triton_cpu)]
-needs_cuda = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 # Where the Triton kernel runs in this session: compiled on CUDA, else the interpreter on CPU.
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+_TRITON = _backend.unavailable_reason("triton", torch.device(TRITON_DEVICE))
+needs_triton = pytest.mark.skipif(_TRITON is not None, reason=str(_TRITON))
 
 # (rows per group, centroids per group): empty groups, k > n, k == n, one big group, k = 1.
 LAYOUTS = [([5], [2]), ([0, 7, 1, 0, 40], [0, 3, 1, 2, 6]), ([3, 3], [3, 5]),
@@ -248,6 +248,7 @@ TRITON_CASES = ([(torch.float32, d, name) for d in (1, 7, 64, 129) for name in (
                    (torch.float16, 129, "g7"), (torch.float16, 7, "g97")])
 
 
+@needs_triton
 @pytest.mark.parametrize("dtype,d,layout", TRITON_CASES,
                          ids=lambda v: str(v).replace("torch.", ""))
 def test_triton_identical_to_reference(dtype, d, layout):
@@ -266,6 +267,7 @@ def test_triton_identical_to_reference(dtype, d, layout):
         assert_identical(got, want)
 
 
+@needs_triton
 @pytest.mark.parametrize("config", [{"BLOCK_N": 16, "BLOCK_D": 32},
                                     {"BLOCK_N": 32, "BLOCK_D": 16}], ids=str)
 def test_triton_tile_shapes(config):
@@ -283,6 +285,7 @@ def test_triton_tile_shapes(config):
         assert_identical(got, grouped_kmeans_reference(x, c, xo, co, iters))
 
 
+@needs_triton
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_triton_non_finite_values():
     """NaN and inf reach only their own row's centroid (the one-hot product of the sums leaves
@@ -303,12 +306,12 @@ def test_triton_non_finite_values():
         assert_identical(got, want)
 
 
-@needs_triton_cpu
+@needs_triton
 def test_opcheck_triton():
     from onerec_kernels.kmeans.op import _grouped_kmeans_triton_op
 
     g = run_gen(13)
-    x, c, xo, co = make_groups([9, 0, 14], [2, 1, 3], 5, g)
+    x, c, xo, co = make_groups([9, 0, 14], [2, 1, 3], 5, g, device=TRITON_DEVICE)
     torch.library.opcheck(_grouped_kmeans_triton_op, (x, c, xo, co, 3, 3))
 
 
