@@ -2,7 +2,8 @@
 kernels.
 
 Same layering as `rq_assign`: a private custom op per raw kernel (`onerec::kmeans_step_triton`,
-`onerec_C::kmeans_step` in C++), each with a fake kernel so torch.compile can trace it; one
+`onerec::grouped_kmeans_triton`, `onerec_C::kmeans_step` and `onerec_C::grouped_kmeans` in
+C++), each with a fake kernel so torch.compile can trace it; one
 public function that validates, picks the backend and dispatches. No autograd: a Lloyd step is
 not differentiated (assignments are discrete, the sums are statistics).
 """
