@@ -618,6 +618,7 @@ def cmd_eval(args: argparse.Namespace, plan: dict) -> int:
     folder, re-published all-or-nothing with every training file kept under one manifest (a
     stopped evaluation leaves the folder as it was)."""
     from onerec.jobs import EVAL_JSON, SUMMARY, format_summary, write_json
+    from onerec.eval import KS
     from onerec.main_job import SASREC_FULL, evaluate_against_baselines
 
     dev, out, beam_backend = plan["device"], plan["out"], plan["beam_backend"]
@@ -638,7 +639,7 @@ def cmd_eval(args: argparse.Namespace, plan: dict) -> int:
         rep = table["sasrec_train"]
         print(f"sasrec: {rep['epochs']} epochs in {rep['seconds']:.1f} s, loss "
               f"{rep['loss'][0]:.3f} -> {rep['loss'][-1]:.3f}")
-    print(f"onerec: constrained beam search of width {max(20, args.beam_width)}")
+    print(f"onerec: constrained beam search of width {max(max(KS), args.beam_width)}")
     print(table["markdown"])
     legal = min(r["legal_rate"] for r in table["rows"] if r["model"] == "onerec")
     print(f"OneRec legal outputs {legal:.1%}")

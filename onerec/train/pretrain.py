@@ -182,7 +182,8 @@ class Validator:
             self.batches.append(encoder_batch(paths, item_codes, config, dataset).to(device))
             extra = {}
             if self.exclude:  # everything before the target, however long the model's cap
-                hist = build_pathways(dataset, u, t, short_len=0, positive_len=0).lifelong
+                hist = paths.lifelong if history_len is None else build_pathways(
+                    dataset, u, t, short_len=0, positive_len=0).lifelong
                 extra = {"exclude_offsets": hist.offsets.to(device),
                          "exclude_items": hist.item.to(device)}
             self.excluded.append(extra)
