@@ -9,6 +9,8 @@
 #            about 37 MiB
 #   --plots: also matplotlib and its dependencies (+ about 24 MiB); the report plots' tests skip
 #            without it, and the working tree plus wheels must stay under the tool's 64 MiB.
+#   WHEEL_PYTHON=3.11: wheels for another CPython (scripts/device_dryrun.sh simulates the GPU
+#            image in this machine's Python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(scipy tqdm hypothesis attrs sortedcontainers pytest-timeout)
@@ -16,7 +18,7 @@ if [ "${1:-}" = "--plots" ]; then
   PKGS+=(matplotlib contourpy cycler fonttools kiwisolver pillow pyparsing python-dateutil six packaging)
 fi
 rm -rf .whl && mkdir -p .whl
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${WHEEL_PYTHON:-3.12}" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
   -d .whl "${PKGS[@]}"
