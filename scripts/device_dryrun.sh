@@ -34,10 +34,13 @@ if [ ! -x "$WORK/venv/bin/python" ]; then
   python3 -m venv "$WORK/venv"
   "$WORK/venv/bin/python" -m pip install -q --upgrade pip
   "$WORK/venv/bin/python" -m pip install -q torch==2.13.0
-  "$WORK/venv/bin/python" -m pip install -q triton==3.6.0 numpy pytest pytest-benchmark \
+  # numpy < 2.4: Triton 3.6's *interpreter* (which runs the kernels here; the GPU compiles
+  # them) cannot take numpy 2.4 (tests/conftest.py says so and stops).
+  "$WORK/venv/bin/python" -m pip install -q triton==3.6.0 "numpy<2.4" pytest pytest-benchmark \
     pybind11 ninja cmake setuptools wheel
 fi
 VPY="$WORK/venv/bin/python"
+$VPY -m pip install -q "numpy<2.4"  # a venv made before that pin
 echo "venv: $($VPY -c 'import sys, torch, triton; print(sys.version.split()[0], torch.__version__, triton.__version__)')"
 # None of the optional modules may be importable, or the dry run proves nothing about .whl/.
 $VPY - <<'EOF'

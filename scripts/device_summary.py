@@ -38,6 +38,10 @@ def test_summary(junit_path: str) -> list[str]:
             counts["passed"] += 1
     lines = ["tests: " + ", ".join(f"{counts[k]} {k}" for k in ("passed", "failed", "error", "skipped"))]
     lines += failed[:40]
+    if len(failed) > 40:  # the list is cut: which files the rest are in
+        per_file = collections.Counter(f.split("::")[0].split()[-1] for f in failed)
+        lines.append(f"  ... {len(failed) - 40} more; failures and errors per file: "
+                     + ", ".join(f"{name} {n}" for name, n in per_file.most_common()))
     if skips:
         lines.append("  most common skip reasons:")
         lines += [f"    {n:4d} x {reason}" for reason, n in skips.most_common(6)]

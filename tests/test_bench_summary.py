@@ -132,3 +132,25 @@ def test_cpu_times_are_interleaved(monkeypatch):
     t = common.cpu_times_ms(fns, repeats=6, warmup=0, min_time_s=0.0)
     assert t["ours"].samples == t["anchor"].samples == 6
     assert "".join(order) == "oa" "ao" "oa" "ao" "oa" "ao"
+
+
+def test_device_summary_counts_tests_and_names_every_failing_file(tmp_path):
+    """scripts/device_summary.py: the device check's table from JUnit XML. Past 40 failures the
+    list is cut, and a line says which files the rest are in (no family hidden)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import device_summary
+
+    cases = [f'<testcase classname="tests.kernels.test_{"moe" if i < 30 else "rq"}" name="t{i}">'
+             f'<failure message="boom {i}&#10;detail"/></testcase>' for i in range(45)]
+    cases += ['<testcase classname="tests.test_x" name="ok"/>',
+              '<testcase classname="tests.test_x" name="s"><skipped message="needs CUDA"/></testcase>',
+              '<testcase classname="tests.test_y" name="e"><error message="fixture"/></testcase>']
+    (tmp_path / "junit.xml").write_text(f"<testsuites><testsuite>{''.join(cases)}"
+                                        "</testsuite></testsuites>")
+    lines = device_summary.test_summary(str(tmp_path / "junit.xml"))
+    assert lines[0] == "tests: 1 passed, 45 failed, 1 error, 1 skipped"
+    assert lines[1] == "  FAILED tests.kernels.test_moe::t0: boom 0"
+    assert sum(line.startswith("  FAILED") or line.startswith("  ERROR") for line in lines) == 40
+    more = next(line for line in lines if line.startswith("  ... 6 more"))
+    assert more.endswith("tests.kernels.test_moe 30, tests.kernels.test_rq 15, tests.test_y 1")
+    assert "       1 x needs CUDA" in lines
