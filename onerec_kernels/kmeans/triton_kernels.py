@@ -189,6 +189,17 @@ GROUPED_UPDATE_BLOCK_D = 128
 GROUPED_UPDATE_WARPS = 4
 
 
+def _needs_f64_hop(x_bits: int) -> bool:
+    """Whether the sums' fp64 dot operand needs a no-op reduction over a unit axis between its
+    load and the dot: Triton 3.6 (the GPU image's) traces the operand back to a 16-bit load,
+    gives it a 16-bit operand layout and fails to compile every 16-bit-input config ("fp64 don't
+    support largeK MMA"; found by scripts/device_dryrun.sh). The hop breaks that trace but costs
+    registers and shared memory (128-row tiles: 158 -> 222 registers), so only 16-bit inputs on a
+    Triton older than 3.9, the first version seen compiling them without it, take it."""
+    version = tuple(int(v) for v in triton.__version__.split("+")[0].split(".")[:2])
+    return x_bits == 16 and version < (3, 9)
+
+
 def _grouped_block_k(args) -> int:
     return max(2, min(args["k_bucket"], GROUPED_MAX_BLOCK_K, GROUPED_PAIRS // args["BLOCK_N"]))
 
@@ -258,6 +269,7 @@ def _grouped_assign_kernel(
     BLOCK_D: tl.constexpr,
     SUM_K: tl.constexpr,
     EVEN_D: tl.constexpr,
+    F64_HOP: tl.constexpr,
 ):
     t = tl.program_id(0)
     g = tl.load(tile_group_ptr + t)
@@ -318,6 +330,8 @@ def _grouped_assign_kernel(
                 ds = d0 + offs_d
                 xs = tl.load(x_rows + ds[None, :], mask=valid[:, None] & (ds < D)[None, :],
                              other=0.0).to(tl.float64)
+                if F64_HOP:  # see _needs_f64_hop
+                    xs = tl.sum(tl.reshape(xs, (BLOCK_N, BLOCK_D, 1)), axis=2)
                 finite = tl.abs(xs) < float("inf")  # False for inf and NaN
                 num_bad += tl.sum(tl.sum((~finite).to(tl.int32), axis=1), axis=0)
                 part = tl.dot(onehot, tl.where(finite, xs, 0.0), input_precision="ieee")
@@ -424,7 +438,8 @@ def grouped_kmeans_triton(x: torch.Tensor, centroids: torch.Tensor, x_offsets: t
             assign_kernel[(num_tiles,)](
                 x, cent, x_off, c_off, tile_group, tile_row, assignments, last_changed, sums,
                 counts, d, num_groups, step, k_bucket, rows_bucket, TILE_ROWS=GROUPED_TILE_ROWS,
-                SUM_K=GROUPED_SUM_K, enable_fp_fusion=False, **(config or {}))
+                SUM_K=GROUPED_SUM_K, F64_HOP=_needs_f64_hop(x.element_size() * 8),
+                enable_fp_fusion=False, **(config or {}))
             _grouped_update_kernel[(k_total,)](
                 cent, sums, counts, c_group, last_changed, d, step,
                 BLOCK_D=GROUPED_UPDATE_BLOCK_D, num_warps=GROUPED_UPDATE_WARPS)
@@ -448,7 +463,8 @@ def _grouped_aot_specs():
                 yield {"name": "grouped_kmeans_step", "fn": _grouped_assign_kernel,
                        "signature": {"x_ptr": f"*{dtype}", "c_ptr": "*fp32", **common},
                        "constexprs": {"TILE_ROWS": GROUPED_TILE_ROWS, "BLOCK_K": block_k,
-                                      "SUM_K": GROUPED_SUM_K, "EVEN_D": True},
+                                      "SUM_K": GROUPED_SUM_K, "EVEN_D": True,
+                                      "F64_HOP": _needs_f64_hop(32 if dtype == "fp32" else 16)},
                        "config": cfg, "dtype": dtype,
                        "divisible_by_16": ["x_ptr", "c_ptr", *pointers, "D"],
                        "options": {"enable_fp_fusion": False},

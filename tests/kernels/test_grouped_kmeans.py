@@ -268,6 +268,30 @@ def test_triton_identical_to_reference(dtype, d, layout):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_triton_f64_hop_changes_nothing(monkeypatch, dtype):
+    """The no-op unit-axis reduction that 16-bit inputs take on Triton < 3.9 (a Triton 3.6
+    compile failure of the fp64 sums' dot) gives the reference's tensors too, whatever the
+    dtype; and the rule takes it exactly for 16-bit inputs on those versions."""
+    from onerec_kernels.kmeans import triton_kernels as tk
+
+    for version, bits, want in [("3.6.0", 16, True), ("3.8.1+git", 16, True),
+                                ("3.9.0", 16, False), ("3.6.0", 32, False)]:
+        monkeypatch.setattr(tk.triton, "__version__", version)
+        assert tk._needs_f64_hop(bits) is want
+    monkeypatch.undo()
+    g = run_gen(14)
+    x, c, xo, co = make_groups([150, 1, 0, 70], [40, 1, 2, 20], 9, g)
+    x, c = x.to(dtype), c.to(dtype)
+    monkeypatch.setattr(tk, "_needs_f64_hop", lambda bits: True)
+    dev = TRITON_DEVICE
+    for iters in (1, 3):
+        got = tk.grouped_kmeans_triton(x.to(dev), c.to(dev), xo.to(dev), co.to(dev), iters, 40,
+                                       config={"BLOCK_N": 16, "BLOCK_D": 32})
+        assert_identical(got, grouped_kmeans_reference(x.float(), c.float(), xo, co, iters))
+
+
+@needs_triton
 @pytest.mark.parametrize("config", [{"BLOCK_N": 16, "BLOCK_D": 32},
                                     {"BLOCK_N": 32, "BLOCK_D": 16}], ids=str)
 def test_triton_tile_shapes(config):
