@@ -66,3 +66,14 @@ def seed(request):
     s = RUN_SEED + zlib.crc32(request.node.nodeid.encode()) % 100_000
     torch.manual_seed(s)
     return s
+
+
+@pytest.fixture
+def set_tf32():
+    """set_tf32(on): torch's TF32 matmul switch for one test, restored afterwards. Not
+    monkeypatch.setattr: the switch lives behind the module's __getattr__/__setattr__, and
+    pytest >= 9.2 then records it as absent and deletes it on undo (AttributeError)."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    yield lambda on: setattr(matmul, "allow_tf32", bool(on))
+    matmul.allow_tf32 = before

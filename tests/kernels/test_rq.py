@@ -295,13 +295,14 @@ def test_device_guard_switches_to_the_tensors_device():
 @pytest.mark.parametrize("dtype,tf32,family", [
     (torch.float16, False, "fp16"), (torch.bfloat16, False, "fp16"),
     (torch.float32, False, "fp32"), (torch.float32, True, "tf32")])
-def test_autotune_configs_are_pruned_to_the_operand_family(dtype, tf32, family, monkeypatch):
+def test_autotune_configs_are_pruned_to_the_operand_family(dtype, tf32, family, monkeypatch,
+                                                            set_tf32):
     """Each operand family has its own tiles (fp32 FMA needs small ones, TF32 half the BLOCK_D
     of fp16); the autotuner only ever tries the call's family."""
     from onerec_kernels import _triton_tiles as tt
 
     monkeypatch.setattr(tt, "triton_interpret", lambda: False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    set_tf32(tf32)
     monkeypatch.setenv("ONEREC_TRITON_AUTOTUNE", "quick")
     configs = tt.autotune_configs("rq_assign")
     precision = tt.dot_input_precision(dtype)

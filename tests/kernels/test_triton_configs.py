@@ -38,12 +38,12 @@ def _configs(kernel):
 
 
 @pytest.fixture
-def operands(monkeypatch):
+def operands(monkeypatch, set_tf32):
     """Set up one case: TMA or pointer loads, torch's TF32 switch for the family; returns the
     operand dtype."""
     def setup(family, loads):
         monkeypatch.setenv("ONEREC_TRITON_TMA", "1" if loads == "tma" else "0")
-        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", family == "tf32")
+        set_tf32(family == "tf32")
         return FAMILY_DTYPE[family]
     return setup
 
