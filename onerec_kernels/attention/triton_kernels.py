@@ -57,8 +57,9 @@ LOG2E = 1.4426950408889634
 # size it may run at for each operand kind: 16-bit, fp32 with TF32 dots (torch's allow_tf32),
 # and fp32 with exact "ieee" dots (torch's default for fp32). Those limits come from compiling
 # every (config, Dh, kind) for sm_90 with ptxas -v (`python scripts/triton_aot.py --family
-# attention`; 2026-11-30, triton 3.9): a config is allowed where it spills at most 64 bytes per
-# thread and its shared memory fits sm_90's 227 KB (0: never for that kind). The first allowed
+# attention`; 2026-11-30, triton 3.9, and triton 3.6, the GPU image's): a config is allowed where
+# it spills at most 64 bytes per thread under both and its shared memory fits sm_90's 227 KB (0:
+# never for that kind). The first allowed
 # config of the list is the ONEREC_TRITON_AUTOTUNE=0 choice, so the lists open with the best
 # all-rounders. Exact fp32 dots are FMA loops holding whole operand slices in registers: every
 # tensor-core-sized forward tile spilled heavily there (~1 KB/thread at Dh 32, 60-80 KB at
@@ -68,7 +69,7 @@ FWD_TILES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, max Dh 16-bit, TF32, 
     (128, 64, 8, 3, 128, 64, 0),  # TF32 at Dh 128: 256 KB of shared memory
     (128, 128, 8, 2, 128, 64, 0),
     (64, 64, 4, 3, 128, 128, 0),
-    (64, 128, 4, 3, 128, 32, 0),
+    (64, 128, 4, 3, 64, 32, 0),  # 16-bit Dh 128: spills 92 B on triton 3.6
     (128, 32, 4, 3, 128, 64, 0),
     (16, 32, 8, 2, 0, 0, 64),
     (32, 16, 8, 2, 0, 0, 64),
@@ -76,16 +77,16 @@ FWD_TILES = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, max Dh 16-bit, TF32, 
 ]
 BWD_KV_TILES = [  # BLOCK_M query rows per step, BLOCK_N keys owned
     (32, 64, 8, 2, 128, 64, 0),
-    (64, 64, 4, 2, 32, 64, 0),
+    (64, 64, 4, 2, 32, 32, 0),  # TF32 Dh 64: spills 176 B on triton 3.6
     (32, 128, 8, 2, 128, 64, 0),
-    (64, 128, 8, 2, 64, 64, 0),
+    (64, 128, 8, 2, 64, 32, 0),  # TF32 Dh 64: spills 108 B on triton 3.6
     (32, 64, 4, 2, 128, 64, 0),
     (32, 32, 8, 2, 128, 128, 128),
     (16, 32, 4, 2, 128, 128, 0),
 ]
 BWD_Q_TILES = [  # BLOCK_M query rows owned, BLOCK_N keys per step
     (128, 64, 8, 2, 128, 64, 0),
-    (64, 64, 4, 2, 128, 64, 0),
+    (64, 64, 4, 2, 64, 32, 0),  # triton 3.6 spills 84 B at 16-bit Dh 128 and TF32 Dh 64
     (32, 64, 8, 2, 128, 0, 0),  # TF32: spills 104 B at Dh 32
     (64, 128, 8, 2, 64, 32, 0),
     (32, 64, 4, 2, 128, 64, 0),
