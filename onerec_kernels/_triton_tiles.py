@@ -35,6 +35,11 @@ import triton
 
 from ._backend import triton_interpret
 
+
+def version_tuple(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as "3.6.0" or "3.8.1+git" (triton, numpy)."""
+    return tuple(int(v) for v in version.split("+")[0].split(".")[:2])
+
 # Per kernel and operand family: (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages, FLAT). FLAT
 # picks the loop shape (see onerec_kernels/rq/triton_kernels.py). The first entry is what
 # ONEREC_TRITON_AUTOTUNE=0 keeps, the first QUICK entries the "quick" list.

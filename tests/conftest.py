@@ -20,8 +20,7 @@ if os.environ.get("TRITON_INTERPRET", "0") == "1":
         import numpy
         import triton
 
-        def _version(v):
-            return tuple(int(x) for x in v.split("+")[0].split(".")[:2])
+        from onerec_kernels._triton_tiles import version_tuple as _version
 
         # Triton < 3.7's interpreter turns a loaded scalar into a 1-element array and calls int()
         # on it, which numpy >= 2.4 refuses: every kernel whose loop bounds are loaded from memory

@@ -30,7 +30,7 @@ import triton.language as tl
 from .._backend import triton_interpret
 from .._triton_tiles import (EVEN_TILES, aot_spec, autotune_configs, codebook_descriptor,
                              device_guard, dot_input_precision, grouped_kmeans_configs, launch,
-                             prune_to_family, register_aot, register_aot_specs)
+                             prune_to_family, register_aot, register_aot_specs, version_tuple)
 from ..rq.triton_kernels import nearest_code_tile
 
 
@@ -196,8 +196,7 @@ def _needs_f64_hop(x_bits: int) -> bool:
     support largeK MMA"; found by scripts/device_dryrun.sh). The hop breaks that trace but costs
     registers and shared memory (128-row tiles: 158 -> 222 registers), so only 16-bit inputs on a
     Triton older than 3.9, the first version seen compiling them without it, take it."""
-    version = tuple(int(v) for v in triton.__version__.split("+")[0].split(".")[:2])
-    return x_bits == 16 and version < (3, 9)
+    return x_bits == 16 and version_tuple(triton.__version__) < (3, 9)
 
 
 def _grouped_block_k(args) -> int:
@@ -432,13 +431,14 @@ def grouped_kmeans_triton(x: torch.Tensor, centroids: torch.Tensor, x_offsets: t
     if isinstance(config, triton.Config):
         config = config.all_kwargs()
     assign_kernel = _grouped_assign_kernel if config is None else _grouped_assign_kernel.fn
+    f64_hop = _needs_f64_hop(x.element_size() * 8)
     # enable_fp_fusion=False: no FMA contraction, so the distances round like the reference's.
     with device_guard(dev):
         for step in range(iters):
             assign_kernel[(num_tiles,)](
                 x, cent, x_off, c_off, tile_group, tile_row, assignments, last_changed, sums,
                 counts, d, num_groups, step, k_bucket, rows_bucket, TILE_ROWS=GROUPED_TILE_ROWS,
-                SUM_K=GROUPED_SUM_K, F64_HOP=_needs_f64_hop(x.element_size() * 8),
+                SUM_K=GROUPED_SUM_K, F64_HOP=f64_hop,
                 enable_fp_fusion=False, **(config or {}))
             _grouped_update_kernel[(k_total,)](
                 cent, sums, counts, c_group, last_changed, d, step,
