@@ -40,7 +40,6 @@ if [ ! -x "$WORK/venv/bin/python" ]; then
     pybind11 ninja cmake setuptools wheel
 fi
 VPY="$WORK/venv/bin/python"
-$VPY -m pip install -q "numpy<2.4"  # a venv made before that pin
 echo "venv: $($VPY -c 'import sys, torch, triton; print(sys.version.split()[0], torch.__version__, triton.__version__)')"
 # A reused venv: drop what an earlier dry run installed from the wheelhouse.
 $VPY -m pip uninstall -q -y scipy tqdm hypothesis attrs sortedcontainers pytest-timeout \

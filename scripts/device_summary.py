@@ -21,13 +21,14 @@ def test_summary(junit_path: str) -> list[str]:
     except ET.ParseError as e:
         return [f"tests: unreadable {junit_path} ({e})"]
     counts = collections.Counter()
-    failed, skips = [], collections.Counter()
+    failed, skips, failed_files = [], collections.Counter(), collections.Counter()
     for case in root.iter("testcase"):
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
         kinds = {child.tag for child in case}
         if "failure" in kinds or "error" in kinds:
             kind = "failed" if "failure" in kinds else "error"
             counts[kind] += 1
+            failed_files[case.get('classname', '')] += 1
             node = case.find(kind if kind == "error" else "failure")
             msg = (node.get("message") or "").strip().splitlines()
             failed.append(f"  {kind.upper():6} {name}: {msg[0][:150] if msg else ''}")
@@ -39,9 +40,8 @@ def test_summary(junit_path: str) -> list[str]:
     lines = ["tests: " + ", ".join(f"{counts[k]} {k}" for k in ("passed", "failed", "error", "skipped"))]
     lines += failed[:40]
     if len(failed) > 40:  # the list is cut: which files the rest are in
-        per_file = collections.Counter(f.split("::")[0].split()[-1] for f in failed)
         lines.append(f"  ... {len(failed) - 40} more; failures and errors per file: "
-                     + ", ".join(f"{name} {n}" for name, n in per_file.most_common()))
+                     + ", ".join(f"{name} {n}" for name, n in failed_files.most_common()))
     if skips:
         lines.append("  most common skip reasons:")
         lines += [f"    {n:4d} x {reason}" for reason, n in skips.most_common(6)]
