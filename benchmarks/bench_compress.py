@@ -42,7 +42,7 @@ from unittest import mock
 import pytest
 import torch
 
-from common import cpu_times_ms, gpu_time_ms, quick, record, requires_cuda, run_timed
+from common import cpu_times_ms, gpu_time_ms, quick, record, requires_cuda, run_timed, tflops
 from onerec.model import compress as compress_mod
 from onerec.model.compress import compress_history
 from onerec_kernels import grouped_kmeans, kmeans_step, native_available
@@ -208,7 +208,7 @@ def test_grouped_kmeans_rounds_gpu(benchmark):
     record(benchmark, rounds=len(rounds), max_groups=max_groups, D=rounds[0][0].shape[1],
            time_ms=times["ours"], anchor_torch_ms=times["torch"],
            speedup_vs_torch=times["torch"] / times["ours"],
-           tflops_if_all_steps=flops / (times["ours"] * 1e-3) / 1e12,
+           tflops_if_all_steps=tflops(flops, times["ours"]),
            gbps_if_all_steps=bytes_steps / (times["ours"] * 1e-3) / 1e9)
     x, c, xo, co, iters = rounds[0]
     run_timed(benchmark, lambda: (grouped_kmeans(x, c, xo, co, iters=iters),

@@ -91,8 +91,9 @@ def compress_history(item_emb: torch.Tensor, cu_seqlens: torch.Tensor, *, target
         owner = (torch.cumsum(long_user, 0) - 1)[user_of_row[rows]]
         leaf = (lengths[long_user] + target_len - 1) // target_len
         x = item_emb.index_select(0, rows).float()
-        cluster = _split_rounds(x, owner, leaf, target_len, iters, seed, max_rounds, backend)
-        rep, rep_size = _representatives(x, cluster)
+        cluster, sizes = _split_rounds(x, owner, leaf, target_len, iters, seed, max_rounds,
+                                       backend)
+        rep, rep_size = _representatives(x, cluster, sizes)
         rep_rows = rows[rep]
         keep[rep_rows] = True
         size_of_row[rep_rows] = rep_size
@@ -139,8 +140,9 @@ def _split_counts(sizes, c_user, leaf, target_len) -> torch.Tensor:
     return k
 
 
-def _split_rounds(x, owner, leaf, target_len, iters, seed, max_rounds, backend) -> torch.Tensor:
-    """Cluster id (compact, in [0, C)) of every item after the recursive splitting.
+def _split_rounds(x, owner, leaf, target_len, iters, seed, max_rounds, backend):
+    """(cluster id (compact, in [0, C)) of every item after the recursive splitting, (C,) rows
+    per cluster).
 
     The clusters are kept as segments of `order` (item indices sorted by cluster id, each
     cluster's items in their original order) with their sizes and users, so a round needs no
@@ -162,7 +164,7 @@ def _split_rounds(x, owner, leaf, target_len, iters, seed, max_rounds, backend) 
     cluster = torch.empty_like(order)
     cluster[order] = torch.repeat_interleave(torch.arange(sizes.shape[0], device=dev), sizes,
                                              output_size=order.shape[0])
-    return cluster
+    return cluster, sizes
 
 
 def _split(x, order, sizes, c_user, split, k, iters, gen, backend):
@@ -206,10 +208,10 @@ def _split(x, order, sizes, c_user, split, k, iters, gen, backend):
     return new_order, slot_sizes[present], slot_user[present]
 
 
-def _representatives(x, cluster):
-    """Per cluster: the item nearest its centroid (ties: the earliest) and the cluster size."""
-    num_clusters = int(cluster.max()) + 1
-    size = torch.bincount(cluster, minlength=num_clusters)
+def _representatives(x, cluster, size):
+    """Per cluster: the item nearest its centroid (ties: the earliest) and the cluster size
+    (`size`: the rows of each cluster, all > 0, as _split_rounds returns them)."""
+    num_clusters = size.shape[0]
     cent = torch.zeros(num_clusters, x.shape[1], device=x.device).index_add_(0, cluster, x)
     cent /= size[:, None]
     dist = (x - cent.index_select(0, cluster)).square_().sum(1)

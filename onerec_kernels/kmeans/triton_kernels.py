@@ -380,10 +380,6 @@ def _grouped_update_kernel(
         tl.store(counts_ptr + j, 0)
 
 
-def _next_pow2(v: int) -> int:
-    return 1 << max(0, int(v) - 1).bit_length()
-
-
 def grouped_kmeans_triton(x: torch.Tensor, centroids: torch.Tensor, x_offsets: torch.Tensor,
                           centroid_offsets: torch.Tensor, iters: int, max_group_k: int, *,
                           config=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -423,8 +419,9 @@ def grouped_kmeans_triton(x: torch.Tensor, centroids: torch.Tensor, x_offsets: t
     last_changed = torch.full((num_groups,), -1, dtype=torch.int32, device=dev)
     sums = torch.zeros((k_total, d), dtype=torch.float64, device=dev)
     counts = torch.zeros((k_total,), dtype=torch.int32, device=dev)
-    k_bucket = min(_next_pow2(max(max_group_k, 2)), 64)
-    rows_bucket = min(_next_pow2(triton.cdiv(n, max(num_groups, 1))), 2 * GROUPED_TILE_ROWS)
+    k_bucket = min(triton.next_power_of_2(max(max_group_k, 2)), 64)
+    rows_bucket = min(triton.next_power_of_2(triton.cdiv(n, max(num_groups, 1))),
+                      2 * GROUPED_TILE_ROWS)
     if config is None and (triton_interpret()
                            or os.environ.get("ONEREC_TRITON_AUTOTUNE", "1") == "0"):
         config = _grouped_assign_kernel.configs[0]  # the one config left: no autotuner run
