@@ -255,6 +255,12 @@ def check_run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
     return {**check_tokenize(args, stack), "beam_backend": beam_backend}
 
 
+def _print_sasrec_training(table: dict) -> None:
+    rep = table["sasrec_train"]
+    print(f"sasrec: {rep['epochs']} epochs in {rep['seconds']:.1f} s, loss "
+          f"{rep['loss'][0]:.3f} -> {rep['loss'][-1]:.3f}")
+
+
 def cmd_run(args: argparse.Namespace, plan: dict) -> int:
     """The main job on the chosen data (default: the embedded synthetic generator): item
     embeddings, tokenizer, trie, pretraining of the tiny OneRec model, its evaluation against the
@@ -290,9 +296,7 @@ def cmd_run(args: argparse.Namespace, plan: dict) -> int:
                                        sasrec=args.sasrec, seed=args.seed,
                                        beam_backend=beam_backend)
     if args.sasrec:
-        rep = table["sasrec_train"]
-        print(f"sasrec: {rep['epochs']} epochs in {rep['seconds']:.1f} s, loss "
-              f"{rep['loss'][0]:.3f} -> {rep['loss'][-1]:.3f}")
+        _print_sasrec_training(table)
     print(table["markdown"])
     rows = [r for r in table["rows"] if r["model"] == "onerec"]
     legal = min(r["legal_rate"] for r in rows)
@@ -329,7 +333,7 @@ def _cli_name(option: str) -> str:
 
 
 def check_train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
-    from onerec.jobs import WORK_DIR, WorkFolder, open_training_folder, resume_differences
+    from onerec.jobs import WorkFolder, open_training_folder, resume_differences
     from onerec.main_job import checkpoint_finished, default_warmup
     from onerec.train import IncompleteCheckpoint, TrainConfig
     from onerec.train.pretrain import LAST
@@ -344,8 +348,7 @@ def check_train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
         raise UsageError(f"--stop-after {args.stop_after} is beyond --steps {args.steps} (the "
                          f"length of the schedule)")
     last = os.path.join(args.out, LAST)
-    if args.resume and not (os.path.isfile(last)
-                            or os.path.isdir(os.path.join(args.out, WORK_DIR))):
+    if args.resume and not (os.path.isfile(last) or WorkFolder(args.out).exists):
         raise UsageError(f"--resume: there is no {last} to continue from (no `onerec train --out "
                          f"{args.out}` has published or checkpointed a run there); drop "
                          f"--resume to start a fresh run")
@@ -357,8 +360,8 @@ def check_train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
     previous, done, finished, discard_work = None, 0, False, False
     if work.exists:
         try:
-            done, base = work.progress()
             info = work.last_info()
+            done, base = (info["step"] if info else 0), int(work.meta["base_step"])
         except IncompleteCheckpoint as exc:
             raise UsageError(f"{exc}; delete {work.path} to go on without it (--resume then "
                              f"continues from {last} when a run was published there)") from exc
@@ -371,7 +374,8 @@ def check_train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict:
         finished = info is not None and checkpoint_finished(info)
     if args.resume:
         if work.exists:  # the newest state of DIR: an interrupted run (maybe of a resume)
-            options, command = work.train["options"], work.train["command"]
+            work_train = work.train
+            options, command = work_train["options"], work_train["command"]
         else:
             previous = open_training_folder(args.out)
             options, command = previous.train["options"], previous.train["command"]
@@ -636,9 +640,7 @@ def cmd_eval(args: argparse.Namespace, plan: dict) -> int:
                                        split=args.split, protocols=protocols,
                                        sasrec_options=sasrec, beam_width=args.beam_width)
     if args.sasrec:
-        rep = table["sasrec_train"]
-        print(f"sasrec: {rep['epochs']} epochs in {rep['seconds']:.1f} s, loss "
-              f"{rep['loss'][0]:.3f} -> {rep['loss'][-1]:.3f}")
+        _print_sasrec_training(table)
     print(f"onerec: constrained beam search of width {max(max(KS), args.beam_width)}")
     print(table["markdown"])
     legal = min(r["legal_rate"] for r in table["rows"] if r["model"] == "onerec")

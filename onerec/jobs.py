@@ -39,7 +39,7 @@ from .data import Dataset
 from .main_job import TrainedModel
 from .pipeline import (PLOT_FILE, REPORT_FILE, SEMANTIC_IDS_FILE, TOKENIZER_FILE, SemanticIds,
                        build_trie)
-from .results import MANIFEST, fsync_dir, verify_result_folder
+from .results import MANIFEST, fsync_dir, fsync_file, link_or_copy, verify_result_folder
 from .train.pretrain import BEST, LAST, METRICS, PLOT
 
 MODEL_CONFIG, TRAIN_CONFIG = "model_config.json", "train_config.json"
@@ -125,18 +125,6 @@ def open_training_folder(folder: str) -> TrainingFolder:
                           read_json(folder, MODEL_CONFIG), metrics)
 
 
-def _fsync_file(path: str) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # a file system without hard links
-        shutil.copy2(src, dst)
-
-
 class WorkFolder:
     """DIR/.work: where a training run into DIR keeps everything a resume needs while it runs,
     so that a killed run (SIGKILL, OOM, power loss, Ctrl-C) loses only the steps since its last
@@ -215,7 +203,7 @@ class WorkFolder:
         stage = tempfile.mkdtemp(prefix=f"{WORK_DIR}.tmp-", dir=work.folder)
         try:
             for name, src in links.items():
-                _link_or_copy(src, os.path.join(stage, name))
+                link_or_copy(src, os.path.join(stage, name))
             for name, src in copies.items():
                 shutil.copy2(src, os.path.join(stage, name))
             meta = {**meta, "id": uuid.uuid4().hex}
@@ -223,7 +211,7 @@ class WorkFolder:
             write_json(os.path.join(stage, MODEL_CONFIG), model_config)
             write_json(os.path.join(stage, TRAIN_CONFIG), {**train_config, "work_id": meta["id"]})
             for name in os.listdir(stage):  # data on disk before the rename makes it visible
-                _fsync_file(os.path.join(stage, name))
+                fsync_file(os.path.join(stage, name))
             os.rename(stage, work.path)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
@@ -254,7 +242,7 @@ class WorkFolder:
         tmp = self.file(f".{BEST_OF_LAST}.tmp")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        _link_or_copy(best, tmp)
+        link_or_copy(best, tmp)
         os.replace(tmp, self.file(BEST_OF_LAST))
 
     def restore_best(self, best_step: int) -> None:

@@ -78,6 +78,20 @@ def _versions() -> dict:
     return out
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Put a file's data on disk (before a rename makes it visible)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Hard-link src as dst, or copy it where the file system has no hard links."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make the renames into folder `path` durable (its entries on disk); a no-op where
     folders cannot be opened (Windows)."""
@@ -197,13 +211,10 @@ class ResultFolder:
         src = os.path.join(self.target, name) if src is None else os.fspath(src)
         if not os.path.isfile(src):
             raise FileNotFoundError(f"ResultFolder.carry: {src} does not exist")
-        if not copy:
-            try:
-                os.link(src, dst)
-                return
-            except OSError:  # a file system without hard links
-                pass
-        shutil.copy2(src, dst)
+        if copy:
+            shutil.copy2(src, dst)
+        else:
+            link_or_copy(src, dst)
 
     def discard(self, name: str) -> None:
         """Remove the target's file `name` (an earlier run's) once this run has published, unless
@@ -225,8 +236,7 @@ class ResultFolder:
             p = os.path.join(self.tmp, name)
             if not os.path.isfile(p):
                 raise RuntimeError(f"ResultFolder: {name} is not a plain file")
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())  # data on disk before the rename makes it visible
+            fsync_file(p)  # data on disk before the rename makes it visible
             files[name] = {"sha256": _sha256(p), "bytes": os.path.getsize(p)}
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "command": self.command,

@@ -15,25 +15,22 @@ elif os.environ.get("TRITON_INTERPRET", "0") == "1":
     raise RuntimeError("tests/conftest.py: CUDA is available but TRITON_INTERPRET=1; the GPU run "
                        "must test compiled Triton kernels: unset TRITON_INTERPRET")
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
-    _interpreter_problem = None
     try:
         import numpy
         import triton
 
         from onerec_kernels._triton_tiles import version_tuple as _version
-
+    except ImportError:  # no triton: the Triton tests skip
+        pass
+    else:
         # Triton < 3.7's interpreter turns a loaded scalar into a 1-element array and calls int()
         # on it, which numpy >= 2.4 refuses: every kernel whose loop bounds are loaded from memory
         # (attention, grouped k-means) fails with "only 0-dimensional arrays can be converted".
         if _version(triton.__version__) < (3, 7) and _version(numpy.__version__) >= (2, 4):
-            _interpreter_problem = (
+            raise RuntimeError(
                 f"tests/conftest.py: the Triton interpreter of triton {triton.__version__} cannot "
                 f"run our kernels with numpy {numpy.__version__} (loop bounds loaded from memory "
                 f"fail); install triton>=3.7 or numpy<2.4")
-    except ImportError:  # no triton: the Triton tests skip
-        pass
-    if _interpreter_problem:
-        raise RuntimeError(_interpreter_problem)
 # Tests check results, not speed: one tile config per kernel instead of an autotune sweep for
 # every (D, K, L) the tests meet (tests/kernels/test_rq.py forces each loop shape explicitly).
 os.environ.setdefault("ONEREC_TRITON_AUTOTUNE", "0")
